@@ -1,0 +1,253 @@
+"""The response corpus: styled samples from the base model, filtered, and a spread subset kept per prompt.
+
+SmolLM2-135M ignores style *instructions* but imitates a *demonstrated* style, so each candidate is sampled
+after one demonstration turn (assets/style_demos.json) at a varied temperature, with a repetition penalty.
+Raw candidates are appended to a JSONL under the cache (resumable: finished keys are skipped); degenerate
+ones (empty, cut off, repeating, template debris) are dropped; per prompt a farthest-point subset in
+attribute space is kept and written to the versioned, shipped assets/corpus-v1.jsonl.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import attributes
+from .base_model import LoadedModel, log
+from .config import ASSETS, CACHE
+from .prompts import Prompt, load_prompts
+
+VERSION = 1
+CORPUS = ASSETS / f"corpus-v{VERSION}.jsonl"
+STYLE_DEMOS = ASSETS / "style_demos.json"
+SHORT_STYLES = ("concise", "concise_warm", "concise_structured")
+
+
+@dataclass
+class CorpusConfig:
+    candidates: int = 12          # sampled candidates per prompt in the first round
+    top_up: int = 6               # extra candidates for prompts with too few valid ones
+    rounds: int = 3               # at most this many rounds (first + top-ups)
+    keep: int = 8                 # responses kept per prompt (farthest-point in attribute space)
+    min_keep: int = 6             # a prompt needs at least this many valid responses
+    batch_size: int = 48          # bigger batches sample faster on CPU (65 tok/s at 16, 128 at 64)
+    chunk_prompts: int = 96       # prompts finished together, so a partial run holds complete prompts
+    max_new_tokens: int = 96      # long styles; short styles get 40
+    temperatures: str = "0.6,0.8,1.0"
+    top_k: int = 50               # top-k, not top-p: a full-vocabulary sort per step is slow on CPU
+    repetition_penalty: float = 1.15
+    model: str = ""               # base model (default: the default id)
+    quant: str = "fp32"           # fp32 samples fastest on CPUs without AVX512-BF16 (bf16 where they have it)
+    seed: int = 0
+
+
+class CorpusError(RuntimeError):
+    """A corpus file that cannot be read as written."""
+
+
+def read_jsonl(path: Path, tolerate_truncated_tail: bool = False) -> list[dict]:
+    """Records of a JSONL file; a bad line is an error naming file and line (a cut last line may be skipped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if tolerate_truncated_tail and i == len(lines):
+                log(f"{path}: ignoring a truncated last line (an interrupted write); it will be redone")
+                break
+            raise CorpusError(f"{path} line {i} is not valid JSON ({e}); the file is corrupt or truncated") from e
+    return out
+
+
+def load_style_demos() -> dict[str, list[dict]]:
+    return json.loads(STYLE_DEMOS.read_text(encoding="utf-8"))["styles"]
+
+
+def plan(prompt: Prompt, first: int, count: int, styles: list[str], cfg: CorpusConfig) -> list[dict]:
+    """Generation jobs number first..first+count-1 for a prompt: style cycles, demo and temperature by hash."""
+    temps = [float(t) for t in cfg.temperatures.split(",")]
+    jobs = []
+    for c in range(first, first + count):
+        h = int(hashlib.sha256(f"{prompt.id}:{c}:{cfg.seed}".encode()).hexdigest()[:8], 16)
+        style = styles[(c + h) % len(styles)] if c >= len(styles) else styles[c]
+        jobs.append({"key": f"{prompt.id}:{c}", "prompt_id": prompt.id, "prompt": prompt.text, "style": style,
+                     "demo": h % 4, "temperature": temps[(h // 4) % len(temps)], "top_k": cfg.top_k,
+                     "repetition_penalty": cfg.repetition_penalty,
+                     "max_new_tokens": 40 if style in SHORT_STYLES else cfg.max_new_tokens})
+    return jobs
+
+
+def chat(tokenizer, turns: list[dict]) -> str:
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def sample_batch(lm: LoadedModel, jobs: list[dict], demos: dict[str, list[dict]]) -> list[dict]:
+    """Sample one batch of same-style jobs (left-padded); returns the jobs with response and finish flag."""
+    tok, model = lm.tokenizer, lm.model
+    texts = []
+    for j in jobs:
+        demo = demos[j["style"]][j["demo"] % len(demos[j["style"]])]
+        texts.append(chat(tok, [{"role": "user", "content": demo["user"]},
+                                {"role": "assistant", "content": demo["assistant"]},
+                                {"role": "user", "content": j["prompt"]}]))
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True).to(lm.device)
+    torch.manual_seed(int(hashlib.sha256(jobs[0]["key"].encode()).hexdigest()[:8], 16))
+    out = model.generate(**enc, do_sample=True, temperature=jobs[0]["temperature"], top_k=jobs[0]["top_k"], top_p=1.0,
+                         repetition_penalty=jobs[0]["repetition_penalty"], max_new_tokens=jobs[0]["max_new_tokens"],
+                         pad_token_id=tok.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]
+    results = []
+    for j, ids in zip(jobs, new):
+        finished = bool((ids == tok.eos_token_id).any())
+        n = int((ids == tok.eos_token_id).nonzero()[0, 0]) if finished else len(ids)
+        results.append({**j, "response": tok.decode(ids[:n], skip_special_tokens=True).strip(),
+                        "finished": finished, "n_tokens": n, "model": lm.name})
+    return results
+
+
+def raw_path(model: str) -> Path:
+    return CACHE / "corpus" / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / "raw.jsonl"
+
+
+def generate(lm: LoadedModel, jobs: list[dict], path: Path, batch_size: int, chunk_prompts: int) -> None:
+    """Run the jobs not yet in `path`, appending each finished batch (so an interruption loses one batch)."""
+    demos = load_style_demos()
+    done = {r["key"] for r in read_jsonl(path, tolerate_truncated_tail=True)} if path.exists() else set()
+    todo = [j for j in jobs if j["key"] not in done]
+    chunk = {pid: i // chunk_prompts for i, pid in enumerate(dict.fromkeys(j["prompt_id"] for j in jobs))}
+    # chunk by chunk, batch jobs that share style, temperature and length: one generate call serves them all
+    groups = defaultdict(list)
+    for j in todo:
+        groups[(chunk[j["prompt_id"]], j["style"], j["temperature"], j["max_new_tokens"])].append(j)
+    batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="sampling responses", unit="resp") as bar:
+        if done:
+            bar.write(f"resuming: {len(done)} candidates already in {path}")
+        for batch in batches:
+            for r in sample_batch(lm, batch, demos):
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(len(batch))
+
+
+_WORDS = re.compile(r"\w+")
+_DEBRIS = re.compile(r"<\|im_(start|end)\|>|^\s*(user|assistant|system)\s*[:\n]", re.I | re.M)
+
+
+_SENTENCE_END = re.compile(r"(?<![0-9])[.!?](?=\s)|[\U0001F300-\U0001FAFF\u2600-\u27BF](?=\s)|\n")
+
+
+def complete_text(record: dict) -> str | None:
+    """The response, or for one that hit the token limit, its text up to the last complete sentence or line.
+
+    A response that would lose more than 40 % of its characters this way counts as cut off (None).
+    """
+    text = record["response"]
+    if record["finished"]:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text + " ")]
+    if not ends or ends[-1] < 0.6 * len(text):
+        return None
+    return text[:ends[-1]].strip()
+
+
+def degenerate(record: dict) -> str | None:
+    """Why a candidate is unusable (empty, cut off, repetitive, template debris), or None if it is fine."""
+    text = complete_text(record)
+    if text is None:
+        return "cut off"
+    words = _WORDS.findall(text.lower())
+    if len(words) < 3:
+        return "empty"
+    if _DEBRIS.search(text):
+        return "template debris"
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    if grams and 1 - len(set(grams)) / len(grams) > 0.15:
+        return "repetition"
+    sentences = [s.strip().lower() for s in re.split(r"[.!?\n]+", text) if len(s.split()) >= 4]
+    if len(sentences) != len(set(sentences)):
+        return "repeated sentence"
+    return None
+
+
+def farthest_points(x: np.ndarray, k: int) -> list[int]:
+    """Greedy farthest-point subset of the rows of x (start: the row farthest from the mean)."""
+    chosen = [int(np.argmax(((x - x.mean(0)) ** 2).sum(1)))]
+    dist = ((x - x[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < min(k, len(x)):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, ((x - x[nxt]) ** 2).sum(1))
+    return chosen
+
+
+def select(raw: list[dict], cfg: CorpusConfig) -> tuple[list[dict], dict[str, int]]:
+    """Drop degenerate candidates and keep a spread subset per prompt; returns (kept, counts of drop reasons)."""
+    by_prompt, reasons = defaultdict(list), defaultdict(int)
+    for r in raw:
+        why = degenerate(r)
+        reasons[why or "kept as candidate"] += 1
+        if why is None:
+            by_prompt[r["prompt_id"]].append({**r, "response": complete_text(r), "trimmed": not r["finished"]})
+    kept = []
+    for pid, cands in by_prompt.items():
+        uniq = list({c["response"]: c for c in cands}.values())
+        scores = attributes.score_many([c["response"] for c in uniq])
+        for i in sorted(farthest_points(scores, cfg.keep)):
+            kept.append({**uniq[i], "attributes": dict(zip(attributes.ATTRIBUTES, scores[i].round(4).tolist()))})
+    return kept, dict(reasons)
+
+
+def build(cfg: CorpusConfig, lm: LoadedModel) -> Path:
+    """Sample, filter and select the corpus; top up prompts with too few valid responses; write CORPUS."""
+    prompts = load_prompts()
+    styles = list(load_style_demos())
+    path = raw_path(lm.name)
+    counts = {p.id: 0 for p in prompts}
+    for rnd in range(cfg.rounds):
+        jobs = []
+        for p in prompts:
+            if rnd == 0:
+                jobs += plan(p, 0, cfg.candidates, styles, cfg)
+            elif counts[p.id] < cfg.min_keep:
+                jobs += plan(p, cfg.candidates + (rnd - 1) * cfg.top_up, cfg.top_up, styles, cfg)
+        if not jobs:
+            break
+        log(f"round {rnd}: {len(jobs)} candidates for {len({j['prompt_id'] for j in jobs})} prompts")
+        generate(lm, jobs, path, cfg.batch_size, cfg.chunk_prompts)
+        kept, reasons = select(read_jsonl(path, tolerate_truncated_tail=True), cfg)
+        counts = defaultdict(int, {p.id: 0 for p in prompts})
+        for r in kept:
+            counts[r["prompt_id"]] += 1
+        log(f"round {rnd}: filter {reasons}; prompts below {cfg.min_keep}: "
+            f"{sum(c < cfg.min_keep for c in counts.values())}")
+    split = {p.id: p.split for p in prompts}
+    kept = [{"corpus_version": VERSION, "split": split[r["prompt_id"]], **r}
+            for r in kept if counts[r["prompt_id"]] >= cfg.min_keep]
+    CORPUS.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    log(f"wrote {len(kept)} responses for {len({r['prompt_id'] for r in kept})} prompts to {CORPUS}")
+    (CORPUS.with_suffix(".config.json")).write_text(json.dumps({"config": asdict(cfg), "filter": reasons}, indent=2))
+    return CORPUS
+
+
+def load_corpus(path: Path = CORPUS) -> list[dict]:
+    """The shipped corpus; a missing or corrupt file is an error naming it."""
+    if not path.is_file():
+        raise CorpusError(f"corpus {path} is missing: run `python -m npdemo.train corpus`")
+    records = read_jsonl(path)
+    need = {"prompt_id", "prompt", "response", "style", "split", "attributes"}
+    for i, r in enumerate(records, 1):
+        if not need <= r.keys():
+            raise CorpusError(f"{path} line {i} lacks fields {sorted(need - r.keys())}")
+    return records

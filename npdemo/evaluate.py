@@ -1,0 +1,206 @@
+"""Evaluate shipped checkpoints: `python -m npdemo.evaluate {synthetic,reward} [--json PATH] [--html PATH] [--users N]`.
+
+Clean evaluation: every model sees the same test users, and only target pairs that are NOT in the user's
+context are scored. Accuracy is per user (a tie P = 0.5 counts half), reported as mean +- standard error
+over users, with the baselines and the exact Bayes-optimal predictor beside the NP models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints, synthetic
+from .config import ROOT
+from .episodes import Episodes
+from .reward import RewardConfig, build_reward_model
+from .train import SYNTHETIC_DIR, SYNTHETIC_MODELS
+
+KS = (0, 1, 3, 5, 10)
+RUNS = ROOT / "runs"
+
+
+def heldout_accuracy(p: np.ndarray, ep: Episodes) -> np.ndarray:
+    """Per-user accuracy of P(a > b) = p (B, T) on the targets outside the context; ties count half."""
+    y = ep.tgt_y.numpy()
+    correct = np.where(p == 0.5, 0.5, (p > 0.5) == (y == 1)).astype(np.float64)
+    scored = ~ep.tgt_in_ctx.numpy()
+    if not scored.any(axis=1).all():
+        raise ValueError("a user has no target outside its context: nothing to score")
+    return (correct * scored).sum(axis=1) / scored.sum(axis=1)
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def load_reward_model(directory: Path):
+    """Build the model a reward checkpoint describes and load its weights strictly."""
+    manifest = checkpoints.read_manifest(directory, "reward")
+    model = build_reward_model(RewardConfig(**manifest["config"]))
+    checkpoints.load_into(directory, "model", model)
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model, ep: Episodes) -> np.ndarray:
+    return torch.sigmoid(model(ep)).numpy()
+
+
+def print_table(title: str, columns: list[str], rows: dict[int, dict[str, tuple[float, float]]]) -> None:
+    print(f"\n{title}")
+    print("| k | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for k, row in rows.items():
+        print(f"| {k} | " + " | ".join(f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in (row[c] for c in columns)) + " |")
+
+
+def reward_curves_figure(models: dict, task: synthetic.SyntheticTask, rng: np.random.Generator):
+    """Learned reward curves r(y; z) per user type with k = 10 context pairs, beside the true rewards."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    grid = torch.linspace(0, 1, 201).reshape(1, -1, 1)  # (1, G, 1)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"user type {t}" for t in range(synthetic.N_TYPES)])
+    for t in range(synthetic.N_TYPES):
+        ep, types = task.sample(64, 20, np.full(64, 10), rng)
+        keep = np.flatnonzero(types == t)[:5]
+        true = synthetic.reward(grid.flatten().numpy(), t)
+        fig.add_scatter(x=grid.flatten(), y=true - true.mean(), name="true reward", line=dict(color="black", width=3),
+                        row=1, col=t + 1, showlegend=t == 0)
+        for name, model in models.items():
+            with torch.no_grad():
+                if name.startswith("np"):
+                    z = model.encoder.latent(ep.ctx[keep], ep.ctx_mask[keep])
+                    r = model.rewards(grid.expand(len(keep), -1, -1), z).numpy()
+                elif name == "btl":
+                    r = model.decoder(grid).numpy()
+                else:
+                    r = model.moments(grid)[0].numpy()
+            for i, curve in enumerate(r):
+                curve = (curve - curve.mean()) / (curve.std() + 1e-9) * true.std()
+                fig.add_scatter(x=grid.flatten(), y=curve, name=name, opacity=0.6, legendgroup=name,
+                                showlegend=t == 0 and i == 0, row=1, col=t + 1)
+    fig.update_layout(title="Synthetic task: learned rewards at k = 10 (standardised), 5 test users per type",
+                      xaxis_title="y", yaxis_title="reward")
+    return fig
+
+
+def evaluate_synthetic(n_users: int, seed: int) -> dict:
+    task = synthetic.load("test")
+    models = {name: load_reward_model(SYNTHETIC_DIR / name) for name in SYNTHETIC_MODELS}
+    rng = np.random.default_rng(seed)
+    columns = ["bayes_optimal", *models]
+    results: dict[int, dict[str, tuple[float, float]]] = {}
+    for k in KS:
+        ep, _ = task.sample(n_users, 20, np.full(n_users, k), rng)
+        preds = {"bayes_optimal": synthetic.bayes_predict(task.choices, ep)}
+        preds.update({name: predict(m, ep) for name, m in models.items()})
+        results[k] = {name: mean_se(heldout_accuracy(p, ep)) for name, p in preds.items()}
+    print_table(f"Synthetic task: held-out accuracy (%) ± s.e., {n_users} test users per k, 20 targets, "
+                f"only targets outside the context scored", columns, results)
+    return {"task": "synthetic", "n_users": n_users, "seed": seed, "disagreement": task.disagreement(),
+            "accuracy": {str(k): {c: {"mean": m, "se": s} for c, (m, s) in row.items()} for k, row in results.items()},
+            "figure": reward_curves_figure(models, task, rng)}
+
+
+def attribute_diffs(bank, ep: Episodes) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute differences of context pairs (chosen - rejected) and of targets (a - b): (B, T, 3) each."""
+    pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (B, T, 2)
+    tgt_diff = bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]
+    sign = np.where(ep.tgt_y.numpy() == 1, 1.0, -1.0)[..., None]
+    return sign * tgt_diff, tgt_diff
+
+
+def simplex_figure(w_true: np.ndarray, w_np: np.ndarray, w_bayes: np.ndarray, k: int):
+    """Ternary plot of NP and Bayes simplex estimates against the true user weights."""
+    import plotly.graph_objects as go
+
+    from .attributes import ATTRIBUTES
+
+    fig = go.Figure()
+    for name, w, marker in (("true w", w_true, "circle"), ("NP-BTL estimate", w_np, "x"),
+                            ("Bayes posterior mean", w_bayes, "diamond")):
+        fig.add_trace(go.Scatterternary(a=w[:, 0], b=w[:, 1], c=w[:, 2], mode="markers", name=name,
+                                        marker=dict(symbol=marker, size=8, opacity=0.8)))
+    for t, e in zip(w_true, w_np):  # a line from each truth to its NP estimate
+        fig.add_trace(go.Scatterternary(a=[t[0], e[0]], b=[t[1], e[1]], c=[t[2], e[2]], mode="lines",
+                                        line=dict(color="grey", width=1), showlegend=False, hoverinfo="skip"))
+    fig.update_layout(title=f"Where test users sit on the simplex: estimates from k = {k} labelled pairs",
+                      ternary=dict(aaxis_title=ATTRIBUTES[0], baxis_title=ATTRIBUTES[1], caxis_title=ATTRIBUTES[2]))
+    return fig
+
+
+def evaluate_reward(n_users: int, seed: int) -> dict:
+    from . import users
+    from .embeddings import load_bank
+    from .simplex import BayesPosterior, Locator
+    from .train import REWARD_DIR
+
+    bank = load_bank()
+    np_model, btl = load_reward_model(REWARD_DIR / "np_btl"), load_reward_model(REWARD_DIR / "btl_mixed")
+    locate, bayes = Locator(np_model, bank), BayesPosterior()
+    rng = np.random.default_rng(seed)
+    columns = ["oracle", "bayes_posterior", "np_btl", "btl_mixed"]
+    acc, simplex_err, out = {}, {}, {"task": "reward", "n_users": n_users, "seed": seed, "accuracy": {},
+                                      "simplex_l1": {}}
+    for k in KS:
+        ep, w, groups = users.sample_users(bank, "test", n_users, 20, np.full(n_users, k), rng)
+        ctx_diff, tgt_diff = attribute_diffs(bank, ep)
+        post = bayes.posterior(ctx_diff, ep.tgt_in_ctx.numpy())
+        preds = {"oracle": users.choice_prob(w[:, None], tgt_diff, 0 * tgt_diff),
+                 "bayes_posterior": bayes.predictive(post, tgt_diff), "np_btl": predict(np_model, ep),
+                 "btl_mixed": predict(btl, ep)}
+        per_user = {name: heldout_accuracy(p, ep) for name, p in preds.items()}
+        with torch.no_grad():
+            w_np = locate(np_model.encoder.latent(ep.ctx, ep.ctx_mask))
+        w_bayes = bayes.mean(post)
+        err = {"np_btl": np.abs(w_np - w).sum(1), "bayes_posterior": np.abs(w_bayes - w).sum(1)}
+        acc[k] = {name: mean_se(a) for name, a in per_user.items()}
+        simplex_err[k] = {name: mean_se(e) for name, e in err.items()}
+        out["accuracy"][str(k)] = {g: {name: dict(zip(("mean", "se"), mean_se(a[groups == g] if g != "all" else a)))
+                                       for name, a in per_user.items()} for g in ("all", *users.GROUPS)}
+        out["simplex_l1"][str(k)] = {name: dict(zip(("mean", "se"), mean_se(e))) for name, e in err.items()}
+        if k == max(KS):
+            last = (w[:60], w_np[:60], w_bayes[:60], k)
+    print_table(f"Text corpus: held-out accuracy (%) ± s.e., {n_users} test users (test prompts) per k, "
+                f"20 targets, only targets outside the context scored", columns, acc)
+    print(f"\nPer user group at k = {max(KS)} (accuracy %):")
+    groups_table = out["accuracy"][str(max(KS))]
+    print("| model | " + " | ".join(users.GROUPS) + " | corner sum |")
+    print("|---" * (len(users.GROUPS) + 2) + "|")
+    for name in columns:
+        row = [groups_table[g][name]["mean"] for g in users.GROUPS]
+        print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row) + f" | {100 * sum(row[:3]):.1f} |")
+    print_table("Simplex error ||w_hat - w||_1 (x100) ± s.e.", ["np_btl", "bayes_posterior"], simplex_err)
+    out["figure"] = simplex_figure(*last)
+    return out
+
+
+TASKS = {"synthetic": evaluate_synthetic, "reward": evaluate_reward}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m npdemo.evaluate", description=__doc__)
+    ap.add_argument("task", choices=list(TASKS))
+    ap.add_argument("--json", type=Path, default=None, help="write the numbers here (default runs/<task>.json)")
+    ap.add_argument("--html", type=Path, default=None, help="write the figure here (default runs/<task>.html)")
+    ap.add_argument("--users", type=int, default=2000, help="test users per context size")
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args(argv)
+    out = TASKS[args.task](args.users, args.seed)
+    fig = out.pop("figure")
+    json_path = args.json or RUNS / f"{args.task}.json"
+    html_path = args.html or RUNS / f"{args.task}.html"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
+    fig.write_html(html_path, include_plotlyjs="cdn")
+    print(f"\nwrote {json_path} and {html_path}")
+
+
+if __name__ == "__main__":
+    main()

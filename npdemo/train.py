@@ -1,0 +1,192 @@
+"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy] [--key=value ...]`.
+
+With no stage, every stage runs in order and finished ones are skipped (delete a checkpoint to redo it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import attributes, base_model, checkpoints, corpus, embeddings, synthetic, users
+from .config import ASSETS, CACHE, CHECKPOINTS, apply_overrides
+from .context_encoder import EncoderConfig
+from .corpus import CorpusConfig
+from .fit import FitConfig, fit
+from .reward import RewardConfig, build_reward_model
+
+SYNTHETIC_DIR = CHECKPOINTS / "synthetic"
+REWARD_DIR = CHECKPOINTS / "reward"
+
+
+@dataclass
+class SyntheticConfig:
+    steps: int = 4000        # optimiser steps per model
+    lr: float = 1e-3         # peak learning rate
+    batch_users: int = 64    # users per batch (the paper's 64)
+    n_targets: int = 20      # target pairs per user (the paper's 20)
+    k_max: int = 10          # context sizes drawn uniformly from 0..k_max per user
+    val_batches: int = 8     # fixed validation batches for checkpoint selection
+    eval_every: int = 250    # steps between validation passes
+    hidden: int = 128        # H
+    seed: int = 0
+
+
+SYNTHETIC_MODELS = {
+    "np_deterministic": dict(kind="np", latent_kind="deterministic"),
+    "np_gaussian": dict(kind="np", latent_kind="gaussian"),
+    "btl": dict(kind="btl"),
+    "dpl": dict(kind="dpl"),
+}
+
+
+def synthetic_model_config(name: str, cfg: SyntheticConfig) -> RewardConfig:
+    spec = dict(SYNTHETIC_MODELS[name])
+    latent_kind = spec.pop("latent_kind", "deterministic")
+    enc = EncoderConfig(d=1, hidden=cfg.hidden, latent=cfg.hidden, aggregation="sum", latent_kind=latent_kind)
+    return RewardConfig(d=1, hidden=cfg.hidden, encoder=enc, **spec)
+
+
+def train_synthetic(cfg: SyntheticConfig) -> list[str]:
+    """Train NP-BTL (both latents), BTL and DPL on the synthetic task; write checkpoints/synthetic/<name>."""
+    train, val = synthetic.load("train"), synthetic.load("val")
+    val_rng = np.random.default_rng(cfg.seed + 1)
+    val_eps = [val.sample(cfg.batch_users, cfg.n_targets, np.arange(cfg.batch_users) % (cfg.k_max + 1), val_rng)[0]
+               for _ in range(cfg.val_batches)]
+
+    def sample_batch(rng: np.random.Generator):
+        k = rng.integers(0, cfg.k_max + 1, size=cfg.batch_users)
+        return train.sample(cfg.batch_users, cfg.n_targets, k, rng)[0]
+
+    written = []
+    for name in SYNTHETIC_MODELS:
+        model_cfg = synthetic_model_config(name, cfg)
+        fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
+        start = time.time()
+        model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, name)
+        path = checkpoints.save(SYNTHETIC_DIR / name, {"model": model}, kind="reward",
+                                config=model_cfg.to_dict(), train=asdict(cfg), best=best,
+                                train_seconds=round(time.time() - start, 1))
+        written.append(str(path.parent))
+    return written
+
+
+def build_corpus(cfg: CorpusConfig) -> list[str]:
+    """Sample the styled response corpus from the unquantized base model."""
+    lm = base_model.load(cfg.model or None, quant=cfg.quant)
+    return [str(corpus.build(cfg, lm))]
+
+
+@dataclass
+class RewardTrainConfig:
+    steps: int = 3000        # optimiser steps per model
+    lr: float = 5e-4         # peak learning rate
+    batch_users: int = 64    # simulated users per batch
+    n_targets: int = 20      # target pairs per user
+    k_max: int = 10          # context sizes drawn uniformly from 0..k_max per user
+    val_batches: int = 8     # fixed validation batches (val prompts) for checkpoint selection
+    eval_every: int = 250
+    hidden: int = 256        # H
+    latent: int = 64         # size of z
+    weight_decay: float = 0.01
+    model: str = ""          # base model for the embeddings (default: the default id)
+    seed: int = 0
+
+
+REWARD_MODELS = {"np_btl": dict(kind="np", latent_kind="gaussian"), "btl_mixed": dict(kind="btl")}
+
+
+def cached_embeddings(lm: base_model.LoadedModel, records: list[dict]) -> dict[str, np.ndarray]:
+    """Pooled states of every corpus row; rows embedded before (keyed by model and text) come from the cache."""
+    path = CACHE / "embeddings" / f"{base_model.fingerprint(lm.model)}.npz"
+    keys = [hashlib.sha256(f"{r['prompt']}\x00{r['response']}".encode()).hexdigest() for r in records]
+    cache = dict(np.load(path)) if path.is_file() else {}
+    index = {k: i for i, k in enumerate(cache.get("keys", []))}
+    todo = sorted({i for i, k in enumerate(keys) if k not in index})
+    if todo:
+        new = embeddings.embed(lm, [records[i]["prompt"] for i in todo], [records[i]["response"] for i in todo],
+                               poolings=embeddings.POOLINGS)
+        cache = {"keys": np.array([*cache.get("keys", []), *(keys[i] for i in todo)]),
+                 **{p: np.concatenate([cache[p], new[p]]) if p in cache else new[p] for p in embeddings.POOLINGS}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **cache)
+        index = {k: i for i, k in enumerate(cache["keys"])}
+    rows = [index[k] for k in keys]
+    return {p: cache[p][rows] for p in embeddings.POOLINGS}
+
+
+def embed_corpus(model: str) -> Path:
+    """Embed every corpus response with each candidate pooling, pick the pooling by probe R^2, write the bank."""
+    records = corpus.load_corpus()
+    lm = base_model.load(model or None, quant="fp32")
+    pooled = cached_embeddings(lm, records)
+    attrs = np.array([[r["attributes"][a] for a in attributes.ATTRIBUTES] for r in records])
+    train = np.array([r["split"] == "train" for r in records])
+    probe = {p: embeddings.ridge_r2(x, attrs, train).round(3).tolist() for p, x in pooled.items()}
+    best = max(probe, key=lambda p: np.mean(probe[p]))
+    report = {"targets": list(attributes.ATTRIBUTES), "test_r2": probe, "chosen": best,
+              "note": "ridge probe, fit on train-prompt responses, R^2 on val+test-prompt responses"}
+    (ASSETS / "embedding_probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return embeddings.build_bank(lm, best, pooled[best], records)
+
+
+def reward_model_config(name: str, d: int, cfg: RewardTrainConfig) -> RewardConfig:
+    spec = dict(REWARD_MODELS[name])
+    latent_kind = spec.pop("latent_kind", "deterministic")
+    enc = EncoderConfig(d=d, hidden=cfg.hidden, latent=cfg.latent, aggregation="sum", latent_kind=latent_kind)
+    return RewardConfig(d=d, hidden=cfg.hidden, encoder=enc, **spec)
+
+
+def train_reward(cfg: RewardTrainConfig) -> list[str]:
+    """NP-BTL (Gaussian latent) and BTL-mixed on simulated users over the corpus pair bank."""
+    embed_corpus(cfg.model)  # cached per row: only new corpus rows are embedded
+    bank = embeddings.load_bank()
+    val_rng = np.random.default_rng(cfg.seed + 1)
+    val_eps = [users.sample_users(bank, "val", cfg.batch_users, cfg.n_targets,
+                                  np.arange(cfg.batch_users) % (cfg.k_max + 1), val_rng)[0]
+               for _ in range(cfg.val_batches)]
+
+    def sample_batch(rng: np.random.Generator):
+        k = rng.integers(0, cfg.k_max + 1, size=cfg.batch_users)
+        return users.sample_users(bank, "train", cfg.batch_users, cfg.n_targets, k, rng)[0]
+
+    written = []
+    for name in REWARD_MODELS:
+        model_cfg = reward_model_config(name, bank.features.shape[1], cfg)
+        fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
+                            weight_decay=cfg.weight_decay)
+        start = time.time()
+        model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, name)
+        path = checkpoints.save(REWARD_DIR / name, {"model": model}, kind="reward", config=model_cfg.to_dict(),
+                                train=asdict(cfg), best=best, train_seconds=round(time.time() - start, 1),
+                                bank=bank.meta)
+        written.append(str(path.parent))
+    return written
+
+
+STAGES = {"synthetic": (SyntheticConfig, train_synthetic), "corpus": (CorpusConfig, build_corpus),
+          "reward": (RewardTrainConfig, train_reward)}
+
+
+def main(argv: list[str]) -> None:
+    stages = [a for a in argv if not a.startswith("--")]
+    overrides = [a for a in argv if a.startswith("--")]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    for stage in stages or list(STAGES):
+        config_cls, run = STAGES[stage]
+        cfg = apply_overrides(config_cls(), overrides)
+        print(f"== {stage}: {cfg}")
+        for path in run(cfg):
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

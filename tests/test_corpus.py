@@ -1,0 +1,66 @@
+"""Corpus building blocks: prompts split by prompt, degenerate-text filter, spread selection, robust JSONL."""
+import json
+
+import numpy as np
+import pytest
+
+from npdemo import corpus
+from npdemo.prompts import Prompt, load_prompts
+
+
+def rec(text, finished=True, pid="p"):
+    return {"response": text, "finished": finished, "prompt_id": pid}
+
+
+def test_prompts_are_many_unique_and_split_by_prompt():
+    prompts = load_prompts()
+    assert len(prompts) >= 500
+    assert len({p.text.lower() for p in prompts}) == len(prompts)
+    splits = [p.split for p in prompts]
+    for name, lo, hi in (("train", 0.6, 0.8), ("val", 0.1, 0.2), ("test", 0.1, 0.2)):
+        assert lo < splits.count(name) / len(splits) < hi
+    assert Prompt("x", "How do I boil an egg?", "handwritten").split == Prompt("y", "How do I boil an egg?", "t").split
+
+
+def test_degenerate_filter():
+    assert corpus.degenerate(rec("")) == "empty"
+    assert corpus.degenerate(rec("Yes.")) == "empty"
+    loop = "I like tea very much. " * 6
+    assert corpus.degenerate(rec(loop)) == "repetition"
+    assert corpus.degenerate(rec("<|im_start|>user hello there friend")) == "template debris"
+    assert corpus.degenerate(rec("Boil water, add the tea, wait three minutes, and enjoy it.")) is None
+    # cut off: trimmed to the last complete sentence when that keeps most of the text, else dropped
+    cut = rec("Boil the water first. Then add the tea bag and let it steep. Finally rem", finished=False)
+    assert corpus.complete_text(cut) == "Boil the water first. Then add the tea bag and let it steep."
+    assert corpus.degenerate(rec("Boil the water. Then pour it over the leaves and wait for a long while", False)) == "cut off"
+    assert corpus.complete_text(rec("1. Boil water\n2. Add tea\n3. Wa", False)) == "1. Boil water\n2. Add tea"
+
+
+def test_farthest_points_spread():
+    x = np.array([[0, 0, 0], [0.01, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.02, 0.01, 0]], dtype=float)
+    chosen = corpus.farthest_points(x, 4)
+    assert len(set(chosen)) == 4 and {2, 3, 4} <= set(chosen)
+    assert len(corpus.farthest_points(x, 10)) == len(x)
+
+
+def test_plan_is_deterministic_and_covers_every_style():
+    styles = list(corpus.load_style_demos())
+    p = Prompt("abc", "How do I fold a shirt?", "handwritten")
+    cfg = corpus.CorpusConfig()
+    a, b = corpus.plan(p, 0, 12, styles, cfg), corpus.plan(p, 0, 12, styles, cfg)
+    assert a == b and len({j["key"] for j in a}) == 12
+    assert set(styles) <= {j["style"] for j in a}
+    assert all(j["max_new_tokens"] == 40 for j in a if j["style"] in corpus.SHORT_STYLES)
+
+
+def test_corrupt_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    path.write_text(json.dumps({"key": 1}) + "\n" + '{"key": 2, "resp')
+    assert corpus.read_jsonl(path, tolerate_truncated_tail=True) == [{"key": 1}]  # resumable after a crash
+    with pytest.raises(corpus.CorpusError, match=r"raw.jsonl line 2"):
+        corpus.read_jsonl(path)
+    path.write_text('{"key": 1\n' + json.dumps({"key": 2}) + "\n")
+    with pytest.raises(corpus.CorpusError, match="line 1"):
+        corpus.read_jsonl(path, tolerate_truncated_tail=True)
+    with pytest.raises(corpus.CorpusError, match="is missing"):
+        corpus.load_corpus(tmp_path / "none.jsonl")

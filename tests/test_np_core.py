@@ -1,0 +1,151 @@
+"""NP-BTL core: encoder invariances, losses against hand-computed values, the synthetic task, evaluation hygiene."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from npdemo import synthetic
+from npdemo.context_encoder import ContextEncoder, EncoderConfig
+from npdemo.episodes import make_episodes
+from npdemo.evaluate import heldout_accuracy
+from npdemo.losses import btl_nll, dpl_logits, np_objective
+from npdemo.reward import RewardConfig, build_reward_model
+
+D = 3
+
+
+def encoder(**kw) -> ContextEncoder:
+    torch.manual_seed(0)
+    return ContextEncoder(EncoderConfig(d=D, hidden=32, latent=16, attention_heads=4, **kw)).eval()
+
+
+def episodes(B=4, T=6, k=(0, 1, 3, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    options = torch.randn(40, D)
+    pairs = torch.as_tensor(rng.integers(0, 40, size=(25, 2)))
+    tgt = np.stack([rng.choice(25, T, replace=False) for _ in range(B)])
+    y = rng.integers(0, 2, size=(B, T))
+    return make_episodes(options, pairs, tgt, y, np.array(k))
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "attention"])
+@pytest.mark.parametrize("latent_kind", ["deterministic", "gaussian"])
+def test_encoder_shapes_and_permutation_invariance(aggregation, latent_kind):
+    enc = encoder(aggregation=aggregation, latent_kind=latent_kind)
+    ep = episodes()
+    z = enc.latent(ep.ctx, ep.ctx_mask)
+    assert z.shape == (4, 16)
+    assert enc.latent(ep.ctx, ep.ctx_mask, n_z=5).shape == (5, 4, 16)
+    perm = torch.randperm(ep.ctx.shape[1])
+    # permute real pairs among themselves: user 3 has all 6 real, so shuffle its pairs
+    ctx, mask = ep.ctx.clone(), ep.ctx_mask.clone()
+    ctx[3] = ctx[3, perm]
+    z_perm = enc.latent(ctx, mask)
+    torch.testing.assert_close(z_perm, z, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "attention"])
+def test_empty_context_gives_the_prior_without_nan(aggregation):
+    enc = encoder(aggregation=aggregation, latent_kind="gaussian")
+    ep = episodes(k=(0, 0, 0, 0))
+    q = enc(ep.ctx, ep.ctx_mask)
+    assert torch.isfinite(q.mean).all() and torch.isfinite(q.stddev).all()
+    assert (q.stddev >= 0.01).all()
+    torch.testing.assert_close(q.mean[0], q.mean[1])  # every empty context is the same prior user
+
+    # padding never matters: masked-out pairs holding garbage give the same latent
+    ep2 = episodes(k=(2, 2, 2, 2))
+    padded = torch.cat([ep2.ctx, 1e3 * torch.randn(4, 4, 2, D)], dim=1)
+    mask = torch.cat([ep2.ctx_mask, torch.zeros(4, 4, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(enc(padded, mask).mean, enc(ep2.ctx, ep2.ctx_mask).mean, atol=1e-5, rtol=1e-5)
+
+
+def test_choice_order_matters():
+    enc = encoder()
+    ep = episodes(k=(3, 3, 3, 3))
+    swapped = ep.ctx.flip(-2)
+    assert not torch.allclose(enc.latent(swapped, ep.ctx_mask), enc.latent(ep.ctx, ep.ctx_mask))
+
+
+def test_bad_shapes_are_clear_errors():
+    enc = encoder()
+    with pytest.raises(ValueError, match="context must have shape"):
+        enc(torch.zeros(2, 3, 2, D + 1), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        enc(torch.zeros(2, 3, 2, D), torch.ones(2, 4, dtype=torch.bool))
+    model = build_reward_model(RewardConfig(d=D, hidden=16, encoder=EncoderConfig(d=D, hidden=16, latent=8)))
+    ep = episodes()
+    ep.tgt = ep.tgt[:, :0]
+    with pytest.raises(ValueError, match="empty target set"):
+        model(ep)
+    with pytest.raises(ValueError, match="aggregation"):
+        EncoderConfig(aggregation="max")
+    with pytest.raises(ValueError, match="k must be"):
+        episodes(k=(0, 1, 3, 7))
+
+
+def test_btl_nll_hand_values():
+    logits = torch.tensor([0.0, 1.0, -2.0])
+    y = torch.tensor([1.0, 1.0, 1.0])
+    expected = torch.tensor([math.log(2), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))])
+    torch.testing.assert_close(btl_nll(logits, y), expected)
+    torch.testing.assert_close(btl_nll(logits, 1 - y), torch.tensor([math.log(2), math.log(1 + math.e),
+                                                                     math.log(1 + math.exp(-2))]))
+    assert torch.isfinite(btl_nll(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0]))).all()
+
+
+def test_dpl_logit_hand_value():
+    # mu_a - mu_b = 1, sigma_a = sigma_b = 1: logit = sqrt(2 pi) / sqrt(2) = sqrt(pi)
+    logit = dpl_logits(torch.tensor(1.5), torch.tensor(0.5), torch.tensor(1.0), torch.tensor(1.0))
+    torch.testing.assert_close(logit, torch.tensor(math.sqrt(math.pi)))
+
+
+def test_np_objective_hand_value_and_kl_direction():
+    from torch.distributions import Independent, Normal
+
+    qT = Independent(Normal(torch.tensor([[0.0]]), torch.tensor([[1.0]])), 1)
+    qC = Independent(Normal(torch.tensor([[1.0]]), torch.tensor([[2.0]])), 1)
+    nll = torch.tensor([[[0.5, 1.5]], [[1.0, 1.0]]])  # (n_z=2, B=1, T=2): mean over z = [0.75, 1.25], sum 2
+    # KL(N(0,1) || N(1,2)) = log(2/1) + (1 + 1) / (2 * 4) - 1/2
+    kl = math.log(2) + 2 / 8 - 0.5
+    torch.testing.assert_close(np_objective(nll, qT, qC, beta_kl=1.0), torch.tensor((2 + kl) / 2))
+    # the reverse direction KL(qC || qT) = log(1/2) + (4 + 1) / 2 - 1/2 differs: we must not use it
+    assert abs(kl - (math.log(0.5) + 2.5 - 0.5)) > 0.5
+
+
+def test_synthetic_task_matches_the_paper():
+    tasks = {s: synthetic.load(s) for s in ("train", "val", "test")}
+    assert {s: t.n_pairs for s, t in tasks.items()} == {"train": 16000, "val": 2000, "test": 2000}
+    for t in tasks.values():
+        assert abs(t.disagreement() - 0.5) < 0.02
+    # type 0 prefers larger y; type 1 prefers y closer to 0.5 above 0.5
+    test = tasks["test"]
+    a, b = test.options[test.pairs[:, 0], 0].numpy(), test.options[test.pairs[:, 1], 0].numpy()
+    assert (test.choices[0] == (a > b)).all()
+    assert (test.choices[1] == (synthetic.reward(a, 1) > synthetic.reward(b, 1))).all()
+
+
+def test_bayes_optimal_accuracy_matches_the_closed_form():
+    task = synthetic.load("test")
+    rng = np.random.default_rng(0)
+    for k in (0, 1, 3):
+        ep, _ = task.sample(3000, 20, np.full(3000, k), rng)
+        acc = heldout_accuracy(synthetic.bayes_predict(task.choices, ep), ep).mean()
+        assert abs(acc - (1 - 0.25 * 0.5**k)) < 0.01
+
+
+def test_evaluation_never_scores_a_context_pair():
+    ep = episodes(B=3, T=5, k=(0, 2, 4))
+    y = ep.tgt_y.numpy()
+    # predictions right on context pairs, wrong on the rest: held-out accuracy must be 0 for everyone
+    p = np.where(ep.tgt_in_ctx.numpy(), y, 1 - y)
+    np.testing.assert_array_equal(heldout_accuracy(p, ep), 0.0)
+    p = np.where(ep.tgt_in_ctx.numpy(), 1 - y, y)
+    np.testing.assert_array_equal(heldout_accuracy(p, ep), 1.0)
+    # the context is exactly the first k targets, oriented chosen-first
+    for i, k in enumerate((0, 2, 4)):
+        assert ep.tgt_in_ctx[i].sum() == k
+        assert ep.ctx_mask[i].sum() == k
+    with pytest.raises(ValueError, match="no target outside"):
+        heldout_accuracy(np.ones((1, 2)), episodes(B=1, T=2, k=(2,)))
