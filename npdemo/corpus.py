@@ -2,7 +2,9 @@
 
 SmolLM2-135M ignores style *instructions* but imitates a *demonstrated* style, so each candidate is sampled
 after one demonstration turn (assets/style_demos.json) at a varied temperature, with a repetition penalty.
-Raw candidates are appended to a JSONL under the cache (resumable: finished keys are skipped); degenerate
+Jobs sharing a demonstration are batched and its keys/values computed once (most of the tokens are the
+demonstration). Raw candidates are appended to the shipped assets/corpus-v1-candidates.jsonl (resumable:
+finished keys are skipped, so generation also continues across machines); degenerate
 ones (empty, cut off, repeating, template debris) are dropped; per prompt a farthest-point subset in
 attribute space is kept and written to the versioned, shipped assets/corpus-v1.jsonl.
 """
@@ -18,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import attributes
-from .base_model import LoadedModel, log
+from .base_model import DEFAULT_MODEL, LoadedModel, log
 from .config import ASSETS, CACHE
 from .prompts import Prompt, load_prompts
 
@@ -38,8 +41,8 @@ class CorpusConfig:
     keep: int = 8                 # responses kept per prompt (farthest-point in attribute space)
     min_keep: int = 6             # a prompt needs at least this many valid responses
     batch_size: int = 48          # bigger batches sample faster on CPU (65 tok/s at 16, 128 at 64)
-    chunk_prompts: int = 96       # prompts finished together, so a partial run holds complete prompts
-    max_new_tokens: int = 96      # long styles; short styles get 40
+    chunk_prompts: int = 256      # prompts finished together, so a partial run holds complete prompts
+    max_new_tokens: int = 80      # long styles; short styles get 40
     temperatures: str = "0.6,0.8,1.0"
     top_k: int = 50               # top-k, not top-p: a full-vocabulary sort per step is slow on CPU
     repetition_penalty: float = 1.15
@@ -89,34 +92,70 @@ def chat(tokenizer, turns: list[dict]) -> str:
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
+class RowTemperature(LogitsProcessor):
+    """Divide each row's logits by its own temperature (generate takes only one temperature per call)."""
+
+    def __init__(self, temperatures: list[float]):
+        self.t = torch.tensor(temperatures)[:, None]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.t.to(scores)
+
+
+def shared_prefix_batch(tokenizer, demo: dict, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids [demo prefix | padding | prompt turn] per row, the attention mask, and the prefix length.
+
+    Every row shares the demonstration turn, so its keys/values are computed once and copied to all rows;
+    padding sits between prefix and prompt (masked; positions follow the mask), not at the left.
+    """
+    turns = [{"role": "user", "content": demo["user"]}, {"role": "assistant", "content": demo["assistant"]}]
+    prefix = tokenizer.apply_chat_template(turns, tokenize=False)
+    fulls = [chat(tokenizer, turns + [{"role": "user", "content": p}]) for p in prompts]
+    if not all(f.startswith(prefix) for f in fulls):
+        prefix = ""  # a template that rewrites earlier turns: no sharing, plain left padding
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pre, suffixes = encode(prefix), [encode(f[len(prefix):]) for f in fulls]
+    P, S = len(pre), max(map(len, suffixes))
+    ids = torch.full((len(prompts), P + S), tokenizer.pad_token_id)
+    mask = torch.zeros(len(prompts), P + S, dtype=torch.long)
+    ids[:, :P], mask[:, :P] = torch.tensor(pre, dtype=torch.long), 1
+    for row, suf in enumerate(suffixes):
+        ids[row, P + S - len(suf):], mask[row, P + S - len(suf):] = torch.tensor(suf), 1
+    return ids, mask, P
+
+
 @torch.no_grad()
 def sample_batch(lm: LoadedModel, jobs: list[dict], demos: dict[str, list[dict]]) -> list[dict]:
-    """Sample one batch of same-style jobs (left-padded); returns the jobs with response and finish flag."""
+    """Sample one batch of jobs sharing style, demonstration and length; returns them with their responses."""
     tok, model = lm.tokenizer, lm.model
-    texts = []
-    for j in jobs:
-        demo = demos[j["style"]][j["demo"] % len(demos[j["style"]])]
-        texts.append(chat(tok, [{"role": "user", "content": demo["user"]},
-                                {"role": "assistant", "content": demo["assistant"]},
-                                {"role": "user", "content": j["prompt"]}]))
-    tok.padding_side = "left"
-    enc = tok(texts, return_tensors="pt", padding=True).to(lm.device)
+    demo = demos[jobs[0]["style"]][jobs[0]["demo"] % len(demos[jobs[0]["style"]])]
+    ids, mask, P = shared_prefix_batch(tok, demo, [j["prompt"] for j in jobs])
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    cache = None
+    if P:
+        cache = model(ids[:1, :P], use_cache=True).cache
+        cache.batch_repeat_interleave(len(jobs))
     torch.manual_seed(int(hashlib.sha256(jobs[0]["key"].encode()).hexdigest()[:8], 16))
-    out = model.generate(**enc, do_sample=True, temperature=jobs[0]["temperature"], top_k=jobs[0]["top_k"], top_p=1.0,
+    out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, do_sample=True,
+                         temperature=1.0, top_k=jobs[0]["top_k"], top_p=1.0,
+                         logits_processor=LogitsProcessorList([RowTemperature([j["temperature"] for j in jobs])]),
                          repetition_penalty=jobs[0]["repetition_penalty"], max_new_tokens=jobs[0]["max_new_tokens"],
                          pad_token_id=tok.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, ids.shape[1]:]
     results = []
-    for j, ids in zip(jobs, new):
-        finished = bool((ids == tok.eos_token_id).any())
-        n = int((ids == tok.eos_token_id).nonzero()[0, 0]) if finished else len(ids)
-        results.append({**j, "response": tok.decode(ids[:n], skip_special_tokens=True).strip(),
+    for j, row in zip(jobs, new):
+        finished = bool((row == tok.eos_token_id).any())
+        n = int((row == tok.eos_token_id).nonzero()[0, 0]) if finished else len(row)
+        results.append({**j, "response": tok.decode(row[:n], skip_special_tokens=True).strip(),
                         "finished": finished, "n_tokens": n, "model": lm.name})
     return results
 
 
 def raw_path(model: str) -> Path:
-    return CACHE / "corpus" / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / "raw.jsonl"
+    """Candidates of the default model ship with the repo; other models' go to the cache."""
+    if model == DEFAULT_MODEL:
+        return ASSETS / f"corpus-v{VERSION}-candidates.jsonl"
+    return CACHE / "corpus" / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / "candidates.jsonl"
 
 
 def generate(lm: LoadedModel, jobs: list[dict], path: Path, batch_size: int, chunk_prompts: int) -> None:
@@ -125,10 +164,10 @@ def generate(lm: LoadedModel, jobs: list[dict], path: Path, batch_size: int, chu
     done = {r["key"] for r in read_jsonl(path, tolerate_truncated_tail=True)} if path.exists() else set()
     todo = [j for j in jobs if j["key"] not in done]
     chunk = {pid: i // chunk_prompts for i, pid in enumerate(dict.fromkeys(j["prompt_id"] for j in jobs))}
-    # chunk by chunk, batch jobs that share style, temperature and length: one generate call serves them all
+    # chunk by chunk, batch jobs that share style, demonstration and length: one generate call serves them all
     groups = defaultdict(list)
     for j in todo:
-        groups[(chunk[j["prompt_id"]], j["style"], j["temperature"], j["max_new_tokens"])].append(j)
+        groups[(chunk[j["prompt_id"]], j["style"], j["demo"], j["max_new_tokens"])].append(j)
     batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="sampling responses", unit="resp") as bar:
@@ -237,7 +276,10 @@ def build(cfg: CorpusConfig, lm: LoadedModel) -> Path:
             for r in kept if counts[r["prompt_id"]] >= cfg.min_keep]
     CORPUS.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
     log(f"wrote {len(kept)} responses for {len({r['prompt_id'] for r in kept})} prompts to {CORPUS}")
-    (CORPUS.with_suffix(".config.json")).write_text(json.dumps({"config": asdict(cfg), "filter": reasons}, indent=2))
+    corr = np.corrcoef(attributes.score_many([r["response"] for r in kept]).T).round(3).tolist()
+    log(f"attribute correlations over the corpus {attributes.ATTRIBUTES}: {corr}")
+    CORPUS.with_suffix(".config.json").write_text(json.dumps(
+        {"config": asdict(cfg), "filter": reasons, "attribute_correlation": corr}, indent=2) + "\n")
     return CORPUS
 
 

@@ -109,6 +109,16 @@ class Bank:
     def standardise(self, pooled: torch.Tensor) -> torch.Tensor:
         return (pooled - self.mean) / self.std
 
+    def check_model(self, lm: LoadedModel) -> None:
+        """Refuse a base model other than the one whose hidden states the bank (and its checkpoints) hold."""
+        d = lm.model.config.hidden_size
+        if d != self.features.shape[1]:
+            raise CorpusError(f"model {lm.name!r} has hidden size {d}, but the pair bank and reward checkpoints "
+                              f"were built from {self.meta.get('model')!r} with {self.features.shape[1]}")
+        if fingerprint(lm.model) != self.meta.get("model_fingerprint"):
+            raise CorpusError(f"model {lm.name!r} has other weights than {self.meta.get('model')!r}, which the "
+                              "pair bank was built from; rebuild with `python -m npdemo.train reward --model=...`")
+
     def split_pairs(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.pair_split == split)
 

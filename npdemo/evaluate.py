@@ -137,7 +137,7 @@ def simplex_figure(w_true: np.ndarray, w_np: np.ndarray, w_bayes: np.ndarray, k:
 def evaluate_reward(n_users: int, seed: int) -> dict:
     from . import users
     from .embeddings import load_bank
-    from .simplex import BayesPosterior, Locator
+    from .simplex import BayesPosterior, Locator, np_cloud, spread
     from .train import REWARD_DIR
 
     bank = load_bank()
@@ -158,7 +158,8 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
         with torch.no_grad():
             w_np = locate(np_model.encoder.latent(ep.ctx, ep.ctx_mask))
         w_bayes = bayes.mean(post)
-        err = {"np_btl": np.abs(w_np - w).sum(1), "bayes_posterior": np.abs(w_bayes - w).sum(1)}
+        err = {"np_btl": np.abs(w_np - w).sum(1), "bayes_posterior": np.abs(w_bayes - w).sum(1),
+               "np_cloud_spread": spread(np_cloud(np_model, locate, ep.ctx[:200], ep.ctx_mask[:200]))}
         acc[k] = {name: mean_se(a) for name, a in per_user.items()}
         simplex_err[k] = {name: mean_se(e) for name, e in err.items()}
         out["accuracy"][str(k)] = {g: {name: dict(zip(("mean", "se"), mean_se(a[groups == g] if g != "all" else a)))
@@ -175,7 +176,8 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     for name in columns:
         row = [groups_table[g][name]["mean"] for g in users.GROUPS]
         print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row) + f" | {100 * sum(row[:3]):.1f} |")
-    print_table("Simplex error ||w_hat - w||_1 (x100) ± s.e.", ["np_btl", "bayes_posterior"], simplex_err)
+    print_table("Simplex error ||w_hat - w||_1 (x100) ± s.e., and the spread of the NP cloud (x100)",
+                ["np_btl", "bayes_posterior", "np_cloud_spread"], simplex_err)
     out["figure"] = simplex_figure(*last)
     return out
 

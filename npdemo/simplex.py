@@ -104,3 +104,14 @@ class BayesPosterior:
         """P(a > b) for targets with tgt_diff (B, T, 3) = attributes(a) - attributes(b): (B, T)."""
         p = 1 / (1 + np.exp(-np.einsum("btc,gc->btg", tgt_diff, self.grid) / TEMPERATURE))
         return np.einsum("bg,btg->bt", post, p)
+
+
+@torch.no_grad()
+def np_cloud(model, locate: Locator, ctx: torch.Tensor, mask: torch.Tensor, n_samples: int = 32) -> np.ndarray:
+    """Simplex points of n_samples z ~ q(z | context) per user: (n_samples, B, 3), for the uncertainty cloud."""
+    return locate(model.encoder(ctx, mask).sample((n_samples,)))
+
+
+def spread(cloud: np.ndarray) -> np.ndarray:
+    """Mean L1 distance of cloud points to their centre, per user: (B,). Shrinks as the context grows."""
+    return np.abs(cloud - cloud.mean(0, keepdims=True)).sum(-1).mean(0)

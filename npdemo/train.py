@@ -1,6 +1,6 @@
 """Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy] [--key=value ...]`.
 
-With no stage, every stage runs in order and finished ones are skipped (delete a checkpoint to redo it).
+With no stage, every stage runs in order and finished ones are skipped; name a stage to rebuild it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ REWARD_DIR = CHECKPOINTS / "reward"
 
 @dataclass
 class SyntheticConfig:
-    steps: int = 4000        # optimiser steps per model
+    steps: int = 6000        # optimiser steps per NP model
+    baseline_steps: int = 1500  # BTL and DPL plateau within a few hundred steps
     lr: float = 1e-3         # peak learning rate
     batch_users: int = 64    # users per batch (the paper's 64)
     n_targets: int = 20      # target pairs per user (the paper's 20)
@@ -66,7 +67,8 @@ def train_synthetic(cfg: SyntheticConfig) -> list[str]:
     written = []
     for name in SYNTHETIC_MODELS:
         model_cfg = synthetic_model_config(name, cfg)
-        fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
+        steps = cfg.steps if model_cfg.kind == "np" else cfg.baseline_steps
+        fit_cfg = FitConfig(steps=steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
         start = time.time()
         model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, name)
         path = checkpoints.save(SYNTHETIC_DIR / name, {"model": model}, kind="reward",
@@ -170,8 +172,16 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
     return written
 
 
-STAGES = {"synthetic": (SyntheticConfig, train_synthetic), "corpus": (CorpusConfig, build_corpus),
-          "reward": (RewardTrainConfig, train_reward)}
+def has_checkpoints(directory: Path, names) -> bool:
+    return all((directory / n / checkpoints.MANIFEST).is_file() for n in names)
+
+
+# stage: (config class, run, finished?) -- with no stage named, finished stages are skipped
+STAGES = {
+    "synthetic": (SyntheticConfig, train_synthetic, lambda: has_checkpoints(SYNTHETIC_DIR, SYNTHETIC_MODELS)),
+    "corpus": (CorpusConfig, build_corpus, corpus.CORPUS.is_file),
+    "reward": (RewardTrainConfig, train_reward, lambda: has_checkpoints(REWARD_DIR, REWARD_MODELS)),
+}
 
 
 def main(argv: list[str]) -> None:
@@ -181,7 +191,10 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
     for stage in stages or list(STAGES):
-        config_cls, run = STAGES[stage]
+        config_cls, run, finished = STAGES[stage]
+        if not stages and finished():
+            print(f"== {stage}: already built, skipped (name the stage to rebuild it)")
+            continue
         cfg = apply_overrides(config_cls(), overrides)
         print(f"== {stage}: {cfg}")
         for path in run(cfg):

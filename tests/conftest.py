@@ -5,6 +5,7 @@ import pytest
 import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never wait on it
 
 
 @pytest.fixture(scope="session")
@@ -15,8 +16,7 @@ def real_lm():
     return base_model.load(quant="fp32")
 
 
-@pytest.fixture(scope="session")
-def tiny_lm():
+def make_tiny_lm():
     """The real tokenizer with a 2-layer random Llama (every Linear dim a multiple of 32, for NF4 on CPU)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -28,3 +28,9 @@ def tiny_lm():
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg).eval()
     return base_model.LoadedModel(model, tok, "tiny-random-llama", "memory", "fp32", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A shared tiny model; tests that wrap or modify it build their own with make_tiny_lm()."""
+    return make_tiny_lm()

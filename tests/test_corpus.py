@@ -64,3 +64,26 @@ def test_corrupt_jsonl_names_file_and_line(tmp_path):
         corpus.read_jsonl(path, tolerate_truncated_tail=True)
     with pytest.raises(corpus.CorpusError, match="is missing"):
         corpus.load_corpus(tmp_path / "none.jsonl")
+
+
+def test_shared_prefix_cache_matches_each_prompt_alone(tiny_lm):
+    import torch
+
+    tok, model = tiny_lm.tokenizer, tiny_lm.model
+    demo = corpus.load_style_demos()["warm"][0]
+    prompts = ["How do I boil an egg?", "Any tips for a rainy Sunday with kids at home?"]
+    ids, mask, P = corpus.shared_prefix_batch(tok, demo, prompts)
+    assert P > 0 and (mask[:, :P] == 1).all()
+    with torch.no_grad():
+        cache = model(ids[:1, :P], use_cache=True).cache
+        cache.batch_repeat_interleave(len(prompts))
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, do_sample=False,
+                             max_new_tokens=6, pad_token_id=tok.pad_token_id)
+        for row, prompt in enumerate(prompts):
+            alone = tok(corpus.chat(tok, [{"role": "user", "content": demo["user"]},
+                                          {"role": "assistant", "content": demo["assistant"]},
+                                          {"role": "user", "content": prompt}]),
+                        add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ref = model.generate(input_ids=alone, attention_mask=torch.ones_like(alone), do_sample=False,
+                                 max_new_tokens=6, pad_token_id=tok.pad_token_id)
+            assert torch.equal(out[row, ids.shape[1]:], ref[0, alone.shape[1]:])

@@ -35,3 +35,28 @@ def test_ridge_probe_r2():
     y = np.stack([x[:, 0] * 2, rng.normal(size=400)], 1)
     r2 = embeddings.ridge_r2(x, y, np.arange(400) < 300, alpha=1e-3)
     assert r2[0] > 0.99 and r2[1] < 0.1
+
+
+def test_a_bank_refuses_another_base_model(tiny_lm):
+    import torch
+
+    from npdemo.corpus import CorpusError
+    from npdemo.embeddings import Bank
+
+    bank = Bank(features=torch.zeros(2, 576), attributes=np.zeros((2, 3)), pairs=torch.zeros(0, 2), pair_split=np.array([]),
+                mean=torch.zeros(576), std=torch.ones(576), meta={"model": "SmolLM2", "model_fingerprint": "x"},
+                records=[])
+    with pytest.raises(CorpusError, match="hidden size 64"):
+        bank.check_model(tiny_lm)
+    bank.features = torch.zeros(2, 64)
+    with pytest.raises(CorpusError, match="other weights"):
+        bank.check_model(tiny_lm)
+
+
+def test_unknown_model_is_a_clear_error():
+    from npdemo import base_model
+
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
+        base_model.load("no-such-org/no-such-model", quant="fp32")
+    with pytest.raises(ValueError, match="quant must be one of"):
+        base_model.load(quant="int3")

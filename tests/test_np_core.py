@@ -149,3 +149,34 @@ def test_evaluation_never_scores_a_context_pair():
         assert ep.ctx_mask[i].sum() == k
     with pytest.raises(ValueError, match="no target outside"):
         heldout_accuracy(np.ones((1, 2)), episodes(B=1, T=2, k=(2,)))
+
+
+def test_dpo_loss_hand_values():
+    from npdemo.losses import dpo_loss
+
+    zero = torch.zeros(2)
+    loss, rc, rr = dpo_loss(zero, zero, zero, zero, beta=0.1)
+    torch.testing.assert_close(loss, torch.full((2,), math.log(2)))
+    loss, rc, rr = dpo_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), 1.0)
+    torch.testing.assert_close(loss, torch.tensor([math.log(1 + math.exp(-1))]))  # 0.3133
+    assert loss.item() == pytest.approx(0.3133, abs=1e-4) and rc.item() == 1.0 and rr.item() == 0.0
+    pi_c = torch.tensor([0.0], requires_grad=True)
+    dpo_loss(pi_c, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), 0.5)[0].sum().backward()
+    assert pi_c.grad.item() < 0  # raising the chosen log-prob lowers the loss
+    big = torch.tensor([1e4])
+    assert torch.isfinite(dpo_loss(-big, big, big, -big, 1.0)[0]).all()
+
+
+def test_sequence_logprob_sums_response_tokens_only():
+    from npdemo.losses import sequence_logprob
+
+    # vocabulary of 3; logits at position t score token t + 1
+    logits = torch.log(torch.tensor([
+        [[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]],
+        [[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]],
+    ]))
+    ids = torch.tensor([[0, 1, 2, 0], [2, 0, 2, 1]])
+    # row 0: prompt = token 0, response = tokens 1..2, last is padding; row 1: prompt = 2 tokens, response = 2
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
+    expected = torch.tensor([math.log(0.25) + math.log(0.1), math.log(0.4) + math.log(0.25)])
+    torch.testing.assert_close(sequence_logprob(logits, ids, mask), expected)

@@ -1,0 +1,65 @@
+"""FiLM: a hypernetwork maps the user latent z to per-layer (gamma, beta), applied to every decoder layer's output.
+
+h_l <- gamma_l(z) * h_l + beta_l(z), broadcast over positions, one (gamma, beta) per batch row. Identity at
+init (gamma = 1 + W z with W = 0, beta = 0), so the conditioned policy starts as the base model.
+Applied with forward hooks, not wrapper modules: wrappers rename state-dict keys and break peft adapter names.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class FiLM(nn.Module):
+    """z (B, Z) -> gamma, beta (B, n_layers, D)."""
+
+    def __init__(self, latent: int, hidden_size: int, n_layers: int):
+        super().__init__()
+        self.n_layers, self.hidden_size = n_layers, hidden_size
+        self.gamma = nn.Linear(latent, n_layers * hidden_size)
+        self.beta = nn.Linear(latent, n_layers * hidden_size)
+        for layer in (self.gamma, self.beta):  # identity: delta-gamma = beta = 0 for every z
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (z.shape[0], self.n_layers, self.hidden_size)
+        return 1 + self.gamma(z).view(shape), self.beta(z).view(shape)
+
+
+class FiLMHooks:
+    """Forward hooks on the decoder layers that apply the current (gamma, beta); inactive when unset."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = model.get_decoder().layers  # also works through a PeftModel
+        self.gamma: torch.Tensor | None = None  # (B, n_layers, D)
+        self.beta: torch.Tensor | None = None
+        self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+
+    def _hook(self, i: int):
+        def hook(module, args, out):
+            if self.gamma is None:
+                return None  # None keeps the layer output unchanged
+            hs = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple, 5 a tensor
+            hs = hs * self.gamma[:, i, None].to(hs) + self.beta[:, i, None].to(hs)  # (B, 1, D) over positions
+            return (hs, *out[1:]) if isinstance(out, tuple) else hs
+        return hook
+
+    @contextmanager
+    def applied(self, gamma: torch.Tensor | None, beta: torch.Tensor | None) -> Iterator[None]:
+        """Modulate inside the block (None = unmodulated); the previous state is restored on exit."""
+        if gamma is not None and gamma.shape[1] != len(self.layers):
+            raise ValueError(f"FiLM has {gamma.shape[1]} layers, the model has {len(self.layers)}")
+        previous = (self.gamma, self.beta)
+        self.gamma, self.beta = gamma, beta
+        try:
+            yield
+        finally:
+            self.gamma, self.beta = previous
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()

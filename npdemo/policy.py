@@ -1,0 +1,164 @@
+"""The NP-DPO conditional policy: base LLM + shared LoRA + FiLM(z), and its generation API.
+
+pi(y | x, z): LoRA adapters (peft) shared by all users, per-user behaviour only through FiLM(z) on every
+decoder layer. The DPO reference is the same network with LoRA and FiLM switched off (`reference()`), never
+a deep copy (a copy would keep the live hooks: official-code bug). Generation holds one lock for the whole
+call, so two visitors' latents never mix (the hooks are shared state).
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .base_model import LoadedModel
+from .film import FiLM, FiLMHooks
+
+
+@dataclass
+class PolicyConfig:
+    latent: int = 64                   # size of z (from the NP context encoder)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "q_proj,v_proj"
+
+
+@dataclass
+class Sampling:
+    """Generation settings; `check` turns bad values into one clear error."""
+    max_new_tokens: int = 160
+    temperature: float = 0.7
+    top_k: int = 50
+    repetition_penalty: float = 1.15
+    greedy: bool = False
+
+    def check(self) -> "Sampling":
+        problems = []
+        if not 1 <= int(self.max_new_tokens) <= 1024:
+            problems.append(f"max_new_tokens must be 1..1024, got {self.max_new_tokens}")
+        if not 0.05 <= float(self.temperature) <= 2.0:
+            problems.append(f"temperature must be 0.05..2, got {self.temperature}")
+        if not 1 <= int(self.top_k) <= 1000:
+            problems.append(f"top_k must be 1..1000, got {self.top_k}")
+        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+            problems.append(f"repetition_penalty must be 1..2, got {self.repetition_penalty}")
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems))
+        return self
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False, "max_new_tokens": int(self.max_new_tokens),
+                    "repetition_penalty": float(self.repetition_penalty)}
+        return {"do_sample": True, "temperature": float(self.temperature), "top_k": int(self.top_k), "top_p": 1.0,
+                "max_new_tokens": int(self.max_new_tokens), "repetition_penalty": float(self.repetition_penalty)}
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation when the consumer went away (e.g. a client disconnected mid-stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ConditionalPolicy:
+    """pi(y | x, z) with LoRA + FiLM on a (possibly NF4) base model."""
+
+    def __init__(self, lm: LoadedModel, cfg: PolicyConfig):
+        from peft import LoraConfig, get_peft_model
+
+        self.lm, self.cfg, self.tokenizer = lm, cfg, lm.tokenizer
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                          target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM")
+        self.model = get_peft_model(lm.model, lora)
+        config = lm.model.config
+        self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers).to(lm.device)
+        self.hooks = FiLMHooks(self.model)
+        self.lock = threading.Lock()
+        self.model.eval()
+
+    @contextmanager
+    def conditioned(self, z: torch.Tensor | None):
+        """Apply FiLM(z) (z (B, Z), one row per sequence) inside the block; z = None is unsteered."""
+        if z is None:
+            with self.hooks.applied(None, None):
+                yield
+            return
+        if z.dim() != 2 or z.shape[1] != self.cfg.latent:
+            raise ValueError(f"z must have shape (B, {self.cfg.latent}), got {tuple(z.shape)}")
+        gamma, beta = self.film(z.to(self.lm.device))
+        with self.hooks.applied(gamma, beta):
+            yield
+
+    @contextmanager
+    def reference(self):
+        """The DPO reference: LoRA disabled and FiLM off (the base model), restored on exit."""
+        with self.model.disable_adapter(), self.hooks.applied(None, None):
+            yield
+
+    def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, str | None]:
+        """Chat-formatted ids of one prompt, cut to fit the context window; the note says if it was cut."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty: type a question or request")
+        limit = getattr(self.lm.model.config, "max_position_embeddings", 2048) // 2
+        note = None
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            prompt = self.tokenizer.decode(ids[:limit])
+            note = f"the prompt was {len(ids)} tokens; it was cut to the first {limit} to fit the context window"
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"], note
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
+        """Batched generation, row i conditioned on z[i] (z = None: the unsteered base)."""
+        sampling.check()
+        rows = [self.prompt_ids(p)[0][0] for p in prompts]
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.tokenizer.pad_token_id)
+        mask = torch.zeros(len(rows), L, dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding
+            ids[i, L - len(r):], mask[i, L - len(r):] = r, 1
+        with self.lock, self.conditioned(z):
+            out = self.model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device),
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling.generate_kwargs())
+        return self.tokenizer.batch_decode(out[:, L:], skip_special_tokens=True)
+
+    def stream(self, prompt: str, z: torch.Tensor | None, sampling: Sampling) -> Iterator[str]:
+        """Yield the text so far as it is produced; errors inside generation are raised here, never a hang."""
+        sampling.check()
+        ids, _ = self.prompt_ids(prompt)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+        cancelled, errors = threading.Event(), []
+
+        def run() -> None:
+            try:
+                with torch.no_grad(), self.lock, self.conditioned(z):
+                    self.model.generate(input_ids=ids.to(self.lm.device), attention_mask=torch.ones_like(ids).to(
+                        self.lm.device), streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]), **sampling.generate_kwargs())
+            except Exception as e:  # noqa: BLE001 - handed to the consumer below
+                errors.append(e)
+                streamer.end()  # unblock the consumer at once
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text = ""
+        try:
+            for piece in streamer:
+                text += piece
+                yield text
+        finally:
+            cancelled.set()  # the consumer stopped early: stop generating
+            worker.join(timeout=120)
+        if errors:
+            raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]

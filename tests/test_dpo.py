@@ -1,0 +1,66 @@
+"""NP-DPO: targets disjoint from the context, a cached reference, and one step that moves only LoRA and FiLM."""
+import numpy as np
+import torch
+
+from conftest import make_tiny_lm
+from npdemo import dpo
+from npdemo.context_encoder import ContextEncoder, EncoderConfig
+from npdemo.embeddings import Bank
+from npdemo.policy import ConditionalPolicy, PolicyConfig
+
+RESPONSES = ["Sure! 😊 Boil it for nine minutes.", "1. Boil water\n2. Add the egg\n3. Wait nine minutes",
+             "Boil it.", "Put the egg in boiling water, wait about nine minutes, then cool it in cold water."]
+
+
+def text_bank(n_prompts=6) -> Bank:
+    rng = np.random.default_rng(0)
+    records, pairs = [], []
+    for p in range(n_prompts):
+        rows = list(range(len(records), len(records) + len(RESPONSES)))
+        records += [{"prompt_id": f"p{p}", "prompt": f"Question {p}: how do I boil an egg?", "response": r,
+                     "split": "train"} for r in RESPONSES]
+        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    return Bank(features=torch.randn(len(records), 8), attributes=rng.random((len(records), 3)),
+                pairs=torch.tensor(pairs), pair_split=np.array(["train"] * len(pairs)), mean=torch.zeros(8),
+                std=torch.ones(8), meta={}, records=records)
+
+
+def test_targets_never_include_the_context():
+    bank, cfg = text_bank(), dpo.DPOConfig(users=16, pairs_per_user=2, k_max=6)
+    ep, c, r, user = dpo.dpo_step_batch(bank, cfg, np.random.default_rng(0))
+    pair_of = {tuple(sorted(p)): i for i, p in enumerate(bank.pairs.tolist())}
+    for ci, ri, u in zip(c, r, user):
+        ctx = set(ep.tgt_pair[u][ep.tgt_in_ctx[u]].tolist())
+        assert pair_of[tuple(sorted((ci, ri)))] not in ctx
+    assert len(c) == 32
+
+
+def test_response_mask_covers_only_the_response():
+    lm = make_tiny_lm()
+    policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4))
+    rows = dpo.encode_rows(policy, text_bank(1), 192)
+    ids, attn, resp = dpo.pad(rows[:2], lm.tokenizer.pad_token_id)
+    for i, (seq, start) in enumerate(rows[:2]):
+        text = lm.tokenizer.decode(ids[i][resp[i].bool()])
+        assert text == RESPONSES[i] + lm.tokenizer.eos_token
+        assert attn[i].sum() == len(seq) and resp[i, :start].sum() == 0
+
+
+def test_one_training_run_moves_only_lora_and_film(tmp_path, monkeypatch):
+    monkeypatch.setattr(dpo, "CACHE", tmp_path)
+    lm = make_tiny_lm()
+    policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+    torch.manual_seed(0)
+    encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    film_before = [p.detach().clone() for p in policy.film.parameters()]
+    enc_before = [p.detach().clone() for p in encoder.parameters()]
+    log = dpo.train_dpo(policy, encoder, text_bank(), dpo.DPOConfig(steps=3, users=2, k_max=2, lr=1e-2),
+                        ref_key="test", log_every=1)
+    assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
+    assert abs(log[0]["loss"] - np.log(2)) < 1e-4  # at init the policy is its reference: loss = log 2
+    changed = {n for n, p in policy.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any(not torch.equal(a, b) for a, b in zip(film_before, policy.film.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(enc_before, encoder.parameters()))
+    assert list(tmp_path.glob("dpo/ref-*.pt"))  # the reference log-probs were cached

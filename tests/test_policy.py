@@ -1,0 +1,104 @@
+"""The conditional policy: identity at init, a clean reference, per-row latents, thread isolation, no hangs."""
+import threading
+
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from npdemo.policy import ConditionalPolicy, PolicyConfig, Sampling
+
+GREEDY = Sampling(max_new_tokens=8, greedy=True)
+
+
+@pytest.fixture()
+def policy():
+    lm = make_tiny_lm()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        base_logits = lm.model(ids).logits
+    pol = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    pol.base_logits, pol.ids = base_logits, ids
+    return pol
+
+
+def perturb(pol: ConditionalPolicy) -> None:
+    """Give FiLM and LoRA non-trivial weights, as after training."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pol.film.parameters():
+            p.normal_(0, 0.5)
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+
+
+def logits(pol, z):
+    with torch.no_grad(), pol.conditioned(z):
+        return pol.model(pol.ids).logits
+
+
+def test_identity_at_init_and_reference_is_the_base(policy):
+    z = torch.randn(1, 8)
+    torch.testing.assert_close(logits(policy, z), policy.base_logits)
+    perturb(policy)
+    assert not torch.allclose(logits(policy, z), policy.base_logits)
+    with torch.no_grad(), policy.conditioned(z), policy.reference():
+        torch.testing.assert_close(policy.model(policy.ids).logits, policy.base_logits)
+    assert not torch.allclose(logits(policy, z), policy.base_logits)  # state restored after the reference
+    assert policy.hooks.gamma is None  # nothing left applied outside a block
+
+
+def test_each_row_gets_its_own_latent(policy):
+    perturb(policy)
+    z = torch.randn(2, 8) * 3
+    prompts = ["How do I boil an egg?", "Tips for a rainy day?"]
+    batched = policy.generate(prompts, z, GREEDY)
+    alone = [policy.generate([p], z[i:i + 1], GREEDY)[0] for i, p in enumerate(prompts)]
+    assert batched == alone
+    assert policy.generate(prompts, None, GREEDY) != alone  # the latent changes the text
+
+
+def test_concurrent_streams_never_share_a_latent(policy):
+    perturb(policy)
+    zs = [torch.randn(1, 8) * 3 for _ in range(2)]
+    prompt = "Any tips for sleeping better?"
+    solo = [list(policy.stream(prompt, z, GREEDY))[-1] for z in zs]
+    assert solo[0] != solo[1]
+    results = [None, None]
+
+    def run(i):
+        results[i] = list(policy.stream(prompt, zs[i], GREEDY))[-1]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == solo
+
+
+def test_errors_inside_generation_surface_quickly(policy):
+    def boom(module, args, out):
+        raise RuntimeError("kaboom")
+
+    handle = policy.model.get_decoder().layers[0].register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="kaboom"):
+            list(policy.stream("Hello there", None, GREEDY))
+    finally:
+        handle.remove()
+    assert not policy.lock.locked()
+    assert list(policy.stream("Hello there", None, GREEDY))  # still serves
+
+
+def test_bad_input_is_a_clear_error(policy):
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=0).check()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(policy.stream("hi", None, Sampling(max_new_tokens=0)))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        list(policy.stream("   ", None, GREEDY))
+    with pytest.raises(ValueError, match="z must have shape"):
+        policy.generate(["hi"], torch.zeros(1, 3), GREEDY)
+    ids, note = policy.prompt_ids("word " * 5000)
+    assert note and "cut" in note and ids.shape[1] < 5000
