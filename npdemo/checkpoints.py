@@ -29,14 +29,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(directory: Path, modules: dict[str, nn.Module], kind: str, config: dict[str, Any],
-         **extra: Any) -> Path:
-    """Write <name>.safetensors per module and the manifest; returns the manifest path."""
+def save(directory: Path, modules: dict[str, nn.Module | dict[str, torch.Tensor]], kind: str,
+         config: dict[str, Any], **extra: Any) -> Path:
+    """Write <name>.safetensors per module (or state dict) and the manifest; returns the manifest path."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, module in modules.items():
         path = directory / f"{name}.safetensors"
-        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        raw = module.state_dict() if isinstance(module, nn.Module) else module
+        state = {k: v.detach().contiguous().cpu() for k, v in raw.items()}
         save_file(state, str(path))
         files[path.name] = sha256(path)
     manifest = {"kind": kind, "config": config, "files": files, **extra}
@@ -65,17 +66,20 @@ def read_manifest(directory: Path, kind: str) -> dict[str, Any]:
     return manifest
 
 
-def load_into(directory: Path, name: str, module: nn.Module) -> None:
-    """Strictly load <name>.safetensors into module: missing, extra or mis-shaped keys raise."""
+def load_state(directory: Path, name: str, own: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """Read <name>.safetensors and check it has exactly the keys and shapes of `own` (the state of `what`)."""
     path = Path(directory) / f"{name}.safetensors"
     state = load_file(str(path))
-    own = module.state_dict()
     missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or extra:
-        raise CheckpointError(f"{path} does not fit {type(module).__name__}: missing keys {missing[:5]}, "
-                              f"unexpected keys {extra[:5]}")
+        raise CheckpointError(f"{path} does not fit {what}: missing keys {missing[:5]}, unexpected keys {extra[:5]}")
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
         raise CheckpointError(f"{path}: shape mismatch for {bad[:5]} "
                               f"(e.g. {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
-    module.load_state_dict(state, strict=True)
+    return state
+
+
+def load_into(directory: Path, name: str, module: nn.Module) -> None:
+    """Strictly load <name>.safetensors into module: missing, extra or mis-shaped keys raise."""
+    module.load_state_dict(load_state(directory, name, module.state_dict(), type(module).__name__), strict=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, synthetic
+from . import synthetic
 from .config import ROOT
 from .episodes import Episodes
-from .reward import RewardConfig, build_reward_model
+from .reward import load_reward_model
 from .train import SYNTHETIC_DIR, SYNTHETIC_MODELS
 
 KS = (0, 1, 3, 5, 10)
@@ -35,14 +35,6 @@ def heldout_accuracy(p: np.ndarray, ep: Episodes) -> np.ndarray:
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
-
-
-def load_reward_model(directory: Path):
-    """Build the model a reward checkpoint describes and load its weights strictly."""
-    manifest = checkpoints.read_manifest(directory, "reward")
-    model = build_reward_model(RewardConfig(**manifest["config"]))
-    checkpoints.load_into(directory, "model", model)
-    return model.eval()
 
 
 @torch.no_grad()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from .base_model import LoadedModel
+from . import checkpoints
+from .base_model import LoadedModel, fingerprint
+from .context_encoder import ContextEncoder, EncoderConfig
 from .film import FiLM, FiLMHooks
 
 
@@ -162,3 +165,35 @@ class ConditionalPolicy:
             worker.join(timeout=120)
         if errors:
             raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
+
+
+def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, **extra) -> Path:
+    """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash."""
+    from peft import get_peft_model_state_dict
+
+    config = policy.lm.model.config
+    base = {"name": policy.lm.name, "fingerprint": fingerprint(policy.lm.model), "hidden_size": config.hidden_size,
+            "layers": config.num_hidden_layers}
+    return checkpoints.save(directory, {"lora": get_peft_model_state_dict(policy.model), "film": policy.film,
+                                        "encoder": encoder}, kind="policy",
+                            config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
+                            **extra)
+
+
+def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder]:
+    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights is refused."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    manifest = checkpoints.read_manifest(directory, "policy")
+    base, fp = manifest["base_model"], fingerprint(lm.model)
+    if fp != base["fingerprint"]:
+        raise checkpoints.CheckpointError(
+            f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
+            f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
+    policy = ConditionalPolicy(lm, PolicyConfig(**manifest["config"]["policy"]))
+    encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
+    lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
+    set_peft_model_state_dict(policy.model, lora)
+    checkpoints.load_into(directory, "film", policy.film)
+    checkpoints.load_into(directory, "encoder", encoder)
+    return policy, encoder.eval()

@@ -6,10 +6,12 @@ training loss (nanoGPT style: the model computes its loss given targets, the los
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import checkpoints
 from .context_encoder import ContextEncoder, EncoderConfig, mlp
 from .episodes import Episodes
 from .losses import btl_nll, dpl_logits, np_objective
@@ -140,3 +142,11 @@ class DPL(nn.Module):
 def build_reward_model(cfg: RewardConfig) -> NPBTL | BTL | DPL:
     """The model class named by cfg.kind."""
     return {"np": NPBTL, "btl": BTL, "dpl": DPL}[cfg.kind](cfg)
+
+
+def load_reward_model(directory: Path) -> NPBTL | BTL | DPL:
+    """Build the model a reward checkpoint describes and load its weights strictly."""
+    manifest = checkpoints.read_manifest(directory, "reward")
+    model = build_reward_model(RewardConfig(**manifest["config"]))
+    checkpoints.load_into(directory, "model", model)
+    return model.eval()

@@ -66,7 +66,8 @@ class Locator:
     def __call__(self, z: torch.Tensor) -> np.ndarray:
         """z (..., Z) -> simplex weights (..., 3)."""
         flat = z.reshape(-1, z.shape[-1])
-        r = self.model.rewards(self.features.expand(len(flat), -1, -1), flat).numpy()  # (N, M)
+        r = torch.cat([self.model.rewards(self.features.expand(len(chunk), -1, -1), chunk)  # (N, M)
+                       for chunk in flat.split(128)]).numpy()  # chunks bound the memory
         r = self.centre(r.T).T
         w = np.stack([to_simplex(nnls(self.A, ri)) for ri in r])
         return w.reshape(*z.shape[:-1], 3)

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import attributes, base_model, checkpoints, corpus, embeddings, synthetic, users
+from . import attributes, base_model, checkpoints, corpus, dpo, embeddings, policy, synthetic, users
 from .config import ASSETS, CACHE, CHECKPOINTS, apply_overrides
 from .context_encoder import EncoderConfig
 from .corpus import CorpusConfig
+from .dpo import DPOConfig
 from .fit import FitConfig, fit
-from .reward import RewardConfig, build_reward_model
+from .reward import RewardConfig, build_reward_model, load_reward_model
 
 SYNTHETIC_DIR = CHECKPOINTS / "synthetic"
 REWARD_DIR = CHECKPOINTS / "reward"
+POLICY_DIR = CHECKPOINTS / "policy"
 
 
 @dataclass
@@ -172,6 +174,30 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
     return written
 
 
+@dataclass
+class PolicyTrainConfig(DPOConfig):
+    model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
+    quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs)
+    lora_r: int = 16
+    lora_alpha: int = 32
+
+
+def train_policy(cfg: PolicyTrainConfig) -> list[str]:
+    """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder."""
+    bank = embeddings.load_bank()
+    np_btl = load_reward_model(REWARD_DIR / "np_btl")
+    lm = base_model.load(cfg.model or None, quant=cfg.quant)
+    bank.check_model(lm)
+    pol = policy.ConditionalPolicy(lm, policy.PolicyConfig(latent=np_btl.cfg.encoder.latent, lora_r=cfg.lora_r,
+                                                           lora_alpha=cfg.lora_alpha))
+    start = time.time()
+    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg,
+                        ref_key=f"{base_model.fingerprint(lm.model)}-{bank.meta['corpus_sha256']}-{cfg.max_tokens}")
+    path = policy.save_policy(pol, np_btl.encoder, POLICY_DIR, train=asdict(cfg), log=log, bank=bank.meta,
+                              train_seconds=round(time.time() - start, 1))
+    return [str(path.parent)]
+
+
 def has_checkpoints(directory: Path, names) -> bool:
     return all((directory / n / checkpoints.MANIFEST).is_file() for n in names)
 
@@ -181,6 +207,7 @@ STAGES = {
     "synthetic": (SyntheticConfig, train_synthetic, lambda: has_checkpoints(SYNTHETIC_DIR, SYNTHETIC_MODELS)),
     "corpus": (CorpusConfig, build_corpus, corpus.CORPUS.is_file),
     "reward": (RewardTrainConfig, train_reward, lambda: has_checkpoints(REWARD_DIR, REWARD_MODELS)),
+    "policy": (PolicyTrainConfig, train_policy, lambda: has_checkpoints(CHECKPOINTS, ["policy"])),
 }
 
 

@@ -6,7 +6,7 @@ import torch
 
 from npdemo import checkpoints
 from npdemo.context_encoder import EncoderConfig
-from npdemo.evaluate import load_reward_model
+from npdemo.reward import load_reward_model
 from npdemo.reward import RewardConfig, build_reward_model
 
 

@@ -102,3 +102,28 @@ def test_bad_input_is_a_clear_error(policy):
         policy.generate(["hi"], torch.zeros(1, 3), GREEDY)
     ids, note = policy.prompt_ids("word " * 5000)
     assert note and "cut" in note and ids.shape[1] < 5000
+
+
+def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
+    from npdemo import checkpoints
+    from npdemo.context_encoder import ContextEncoder, EncoderConfig
+    from npdemo.policy import load_policy, save_policy
+
+    pol = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
+    perturb(pol)
+    encoder = ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8))
+    save_policy(pol, encoder, tmp_path, train_log=[])
+    loaded, enc = load_policy(tmp_path, make_tiny_lm())  # same seed: the same base weights
+    z = torch.randn(2, 8)
+    ids = torch.tensor([[1, 2, 3, 4, 5]] * 2)
+    with torch.no_grad():
+        with pol.conditioned(z):
+            a = pol.model(ids).logits
+        with loaded.conditioned(z):
+            b = loaded.model(ids).logits
+    torch.testing.assert_close(a, b)
+    other = make_tiny_lm()
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight.add_(0.01)  # other base weights
+    with pytest.raises(checkpoints.CheckpointError, match="was trained on"):
+        load_policy(tmp_path, other)

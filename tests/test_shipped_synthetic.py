@@ -2,7 +2,8 @@
 import numpy as np
 
 from npdemo import synthetic
-from npdemo.evaluate import heldout_accuracy, load_reward_model, predict
+from npdemo.evaluate import heldout_accuracy, predict
+from npdemo.reward import load_reward_model
 from npdemo.train import SYNTHETIC_DIR, SYNTHETIC_MODELS
 
 
