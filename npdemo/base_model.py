@@ -113,6 +113,7 @@ def load(model: str | None = None, quant: str = "auto") -> LoadedModel:
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the (unquantized) input embeddings: identifies base weights across NF4/bf16 loads."""
-    emb = model.get_input_embeddings().weight.detach().float().cpu()
+    """A short hash of the input embeddings (never quantized), rounded to bf16: the same base weights give the
+    same fingerprint whether loaded in fp32, bf16 or NF4."""
+    emb = model.get_input_embeddings().weight.detach().to(torch.bfloat16).float().cpu()
     return hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]

@@ -127,3 +127,29 @@ def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
         other.model.get_input_embeddings().weight.add_(0.01)  # other base weights
     with pytest.raises(checkpoints.CheckpointError, match="was trained on"):
         load_policy(tmp_path, other)
+
+
+def test_nf4_base_with_lora_and_film(tmp_path):
+    import bitsandbytes as bnb
+
+    from npdemo import base_model
+
+    tiny = make_tiny_lm()
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    lm = base_model.load(str(tmp_path), quant="nf4")
+    assert lm.quant == "nf4" and any(isinstance(m, bnb.nn.Linear4bit) for m in lm.model.modules())
+    assert base_model.fingerprint(lm.model) == base_model.fingerprint(tiny.model)  # same base, any precision
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        base = lm.model(ids).logits
+    pol = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4))
+    torch.testing.assert_close(logits_of(pol, ids, torch.randn(1, 8)), base)  # identity at init, on NF4
+    perturb(pol)
+    assert not torch.allclose(logits_of(pol, ids, torch.randn(1, 8)), base)
+    assert pol.generate(["Hello"], torch.randn(1, 8), GREEDY)
+
+
+def logits_of(pol, ids, z):
+    with torch.no_grad(), pol.conditioned(z):
+        return pol.model(ids).logits
