@@ -1,9 +1,10 @@
 """Response embeddings from the base model, and the pair bank they are shipped in.
 
 Each (prompt, response) is chat-formatted and run through the base model once; its final-layer hidden
-states are pooled into one vector. The pooling is chosen by measurement (`probe_poolings`): a ridge probe
-from each candidate pooling to the three attribute scores, test R^2 on held-out prompts. The paper took the
-last token of an 8B model; on SmolLM2-135M the mean over the response tokens carries style far better.
+states are pooled into one vector. The pooling is chosen by measurement: a ridge probe from each candidate
+(`POOLINGS`, `COMBINATIONS`) to the three attribute scores, R^2 on held-out prompts, reported in
+assets/embedding_probe.json. The paper took the last token of an 8B model; on 96 SmolLM2 responses the mean
+over tokens carried style better, so both (and a middle layer) are candidates.
 
 The bank (assets/bank-v1.safetensors) holds the fp16 embeddings, the attribute scores, every within-prompt
 pair of responses (pairs always share a prompt), and the feature standardisation the NP models expect.
@@ -27,6 +28,9 @@ from .corpus import CORPUS, CorpusError, load_corpus
 
 BANK = ASSETS / "bank-v1.safetensors"
 POOLINGS = ("last_token", "mean_all", "mean_response", "mean_response_mid")
+# candidate features that join two poolings of the same pass (style lives in several places)
+COMBINATIONS = {"mean_response+last_token": ("mean_response", "last_token"),
+                "mean_response+mean_response_mid": ("mean_response", "mean_response_mid")}
 
 
 def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
@@ -75,6 +79,11 @@ def embed(lm: LoadedModel, prompts: list[str], responses: list[str], poolings: t
             out[p].append(v.numpy())
     inverse = np.argsort(order)
     return {p: np.concatenate(v)[inverse] for p, v in out.items()}
+
+
+def with_combinations(pooled: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The poolings plus the concatenations in COMBINATIONS, all candidates for the probe."""
+    return {**pooled, **{name: np.concatenate([pooled[a], pooled[b]], axis=1) for name, (a, b) in COMBINATIONS.items()}}
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

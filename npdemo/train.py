@@ -128,7 +128,7 @@ def embed_corpus(model: str) -> Path:
     """Embed every corpus response with each candidate pooling, pick the pooling by probe R^2, write the bank."""
     records = corpus.load_corpus()
     lm = base_model.load(model or None, quant="fp32")
-    pooled = cached_embeddings(lm, records)
+    pooled = embeddings.with_combinations(cached_embeddings(lm, records))
     attrs = np.array([[r["attributes"][a] for a in attributes.ATTRIBUTES] for r in records])
     train = np.array([r["split"] == "train" for r in records])
     probe = {p: embeddings.ridge_r2(x, attrs, train).round(3).tolist() for p, x in pooled.items()}

@@ -60,3 +60,13 @@ def test_unknown_model_is_a_clear_error():
         base_model.load("no-such-org/no-such-model", quant="fp32")
     with pytest.raises(ValueError, match="quant must be one of"):
         base_model.load(quant="int3")
+
+
+def test_combined_poolings_concatenate():
+    pooled = {p: np.full((2, 3), i, dtype=np.float32) for i, p in enumerate(embeddings.POOLINGS)}
+    out = embeddings.with_combinations(pooled)
+    assert set(embeddings.POOLINGS) < set(out)
+    joined = out["mean_response+last_token"]
+    assert joined.shape == (2, 6)
+    np.testing.assert_array_equal(joined[:, :3], pooled["mean_response"])
+    np.testing.assert_array_equal(joined[:, 3:], pooled["last_token"])
