@@ -1,0 +1,119 @@
+"""Speed benchmark: `python -m npdemo.bench [--model ID] [--new-tokens N] [--repeats R] [--json PATH]`.
+
+In one process and one run, per precision (NF4, bf16): load time, time to first streamed text, decode
+tokens/s unsteered vs FiLM-steered (every decoder layer modulated), and resident memory; plus the latency of
+encoding 10 labelled pairs into z. Ratios (FiLM overhead, NF4 vs bf16) come from the same run.
+FiLM and LoRA weights are random non-zero here: their cost does not depend on training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import base_model
+from .context_encoder import ContextEncoder, EncoderConfig
+from .policy import ConditionalPolicy, PolicyConfig, Sampling
+
+PROMPT = "What are some simple ways to make a small apartment feel more spacious?"
+
+
+def memory_mb() -> dict[str, float]:
+    """Current and peak resident memory of this process (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[v].split()[0]) / 1024 for k, v in (("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"))}
+
+
+def randomise(policy: ConditionalPolicy) -> None:
+    """Non-zero FiLM and LoRA weights, so steering does real work in every layer."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.film.parameters():
+            p.normal_(0, 1e-3)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1e-3)
+
+
+def time_first_text(policy: ConditionalPolicy, z: torch.Tensor | None) -> float:
+    start = time.perf_counter()
+    stream = policy.stream(PROMPT, z, Sampling(max_new_tokens=8, greedy=True))
+    next(stream)
+    elapsed = time.perf_counter() - start
+    stream.close()  # cancels the rest
+    return elapsed
+
+
+def time_decode(policy: ConditionalPolicy, z: torch.Tensor | None, n: int) -> float:
+    """Tokens/s for exactly n new tokens (greedy, EOS ignored), prefill included."""
+    ids, _ = policy.prompt_ids(PROMPT)
+    start = time.perf_counter()
+    with torch.no_grad(), policy.lock, policy.conditioned(z):
+        policy.model.generate(input_ids=ids.to(policy.lm.device), attention_mask=torch.ones_like(ids).to(
+            policy.lm.device), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+            pad_token_id=policy.tokenizer.pad_token_id)
+    return n / (time.perf_counter() - start)
+
+
+def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int, latent: int) -> dict:
+    start = time.perf_counter()
+    lm = base_model.load(model, quant=quant)
+    load_s = time.perf_counter() - start
+    policy = ConditionalPolicy(lm, PolicyConfig(latent=latent))
+    randomise(policy)
+    z = torch.randn(1, latent)
+    out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size}
+    time_decode(policy, None, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
+    for name, zz in (("unsteered", None), ("steered", z)):
+        out[f"ttft_s_{name}"] = statistics.median(time_first_text(policy, zz) for _ in range(repeats))
+        out[f"tok_s_{name}"] = statistics.median(time_decode(policy, zz, new_tokens) for _ in range(repeats))
+    out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
+    out.update(memory_mb())  # the peak covers this process so far
+    policy.hooks.remove()
+    return out
+
+
+def bench_encode(d: int, latent: int, repeats: int = 50) -> float:
+    """Median seconds to encode 10 labelled pairs into z (the default NP-BTL text encoder shape)."""
+    enc = ContextEncoder(EncoderConfig(d=d, hidden=256, latent=latent, latent_kind="gaussian")).eval()
+    ctx, mask = torch.randn(1, 10, 2, d), torch.ones(1, 10, dtype=torch.bool)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 5):
+            start = time.perf_counter()
+            enc.latent(ctx, mask)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m npdemo.bench", description=__doc__)
+    ap.add_argument("--model", default=None, help="base model id or path (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    rows = [bench_precision(args.model, q, args.new_tokens, args.repeats, args.latent) for q in ("nf4", "bf16")]
+    encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
+    print(f"\nSpeed on {rows[0]['device']}, {args.new_tokens} new tokens, greedy, median of {args.repeats}:")
+    print("| precision | load s | TTFT s (base / steered) | tok/s (base / steered) | FiLM overhead | RSS MB | peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['quant']} | {r['load_s']:.1f} | {r['ttft_s_unsteered']:.2f} / {r['ttft_s_steered']:.2f} | "
+              f"{r['tok_s_unsteered']:.1f} / {r['tok_s_steered']:.1f} | {100 * r['film_overhead']:+.1f} % | "
+              f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+    ratio = rows[0]["tok_s_steered"] / rows[1]["tok_s_steered"]
+    print(f"NF4 / bf16 steered tok/s: {ratio:.2f}x; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s,
+                                         "new_tokens": args.new_tokens, "repeats": args.repeats}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
