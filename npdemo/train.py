@@ -48,11 +48,22 @@ SYNTHETIC_MODELS = {
 }
 
 
-def synthetic_model_config(name: str, cfg: SyntheticConfig) -> RewardConfig:
-    spec = dict(SYNTHETIC_MODELS[name])
+def reward_config(spec: dict, d: int, hidden: int, latent: int) -> RewardConfig:
+    """A RewardConfig from a model spec such as SYNTHETIC_MODELS' entries."""
+    spec = dict(spec)
     latent_kind = spec.pop("latent_kind", "deterministic")
-    enc = EncoderConfig(d=1, hidden=cfg.hidden, latent=cfg.hidden, aggregation="sum", latent_kind=latent_kind)
-    return RewardConfig(d=1, hidden=cfg.hidden, encoder=enc, **spec)
+    enc = EncoderConfig(d=d, hidden=hidden, latent=latent, aggregation="sum", latent_kind=latent_kind)
+    return RewardConfig(d=d, hidden=hidden, encoder=enc, **spec)
+
+
+def fit_and_save(directory: Path, model_cfg: RewardConfig, sample_batch, val_eps, fit_cfg: FitConfig,
+                 **manifest) -> str:
+    """Train one reward model with checkpoint selection and write it (weights + manifest) to `directory`."""
+    start = time.time()
+    model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, directory.name)
+    path = checkpoints.save(directory, {"model": model}, kind="reward", config=model_cfg.to_dict(), best=best,
+                            train_seconds=round(time.time() - start, 1), **manifest)
+    return str(path.parent)
 
 
 def train_synthetic(cfg: SyntheticConfig) -> list[str]:
@@ -67,16 +78,12 @@ def train_synthetic(cfg: SyntheticConfig) -> list[str]:
         return train.sample(cfg.batch_users, cfg.n_targets, k, rng)[0]
 
     written = []
-    for name in SYNTHETIC_MODELS:
-        model_cfg = synthetic_model_config(name, cfg)
+    for name, spec in SYNTHETIC_MODELS.items():
+        model_cfg = reward_config(spec, d=1, hidden=cfg.hidden, latent=cfg.hidden)
         steps = cfg.steps if model_cfg.kind == "np" else cfg.baseline_steps
         fit_cfg = FitConfig(steps=steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
-        start = time.time()
-        model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, name)
-        path = checkpoints.save(SYNTHETIC_DIR / name, {"model": model}, kind="reward",
-                                config=model_cfg.to_dict(), train=asdict(cfg), best=best,
-                                train_seconds=round(time.time() - start, 1))
-        written.append(str(path.parent))
+        written.append(fit_and_save(SYNTHETIC_DIR / name, model_cfg, sample_batch, val_eps, fit_cfg,
+                                    train=asdict(cfg)))
     return written
 
 
@@ -140,13 +147,6 @@ def embed_corpus(model: str) -> Path:
     return embeddings.build_bank(lm, best, pooled[best], records)
 
 
-def reward_model_config(name: str, d: int, cfg: RewardTrainConfig) -> RewardConfig:
-    spec = dict(REWARD_MODELS[name])
-    latent_kind = spec.pop("latent_kind", "deterministic")
-    enc = EncoderConfig(d=d, hidden=cfg.hidden, latent=cfg.latent, aggregation="sum", latent_kind=latent_kind)
-    return RewardConfig(d=d, hidden=cfg.hidden, encoder=enc, **spec)
-
-
 def train_reward(cfg: RewardTrainConfig) -> list[str]:
     """NP-BTL (Gaussian latent) and BTL-mixed on simulated users over the corpus pair bank."""
     embed_corpus(cfg.model)  # cached per row: only new corpus rows are embedded
@@ -160,18 +160,11 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
         k = rng.integers(0, cfg.k_max + 1, size=cfg.batch_users)
         return users.sample_users(bank, "train", cfg.batch_users, cfg.n_targets, k, rng)[0]
 
-    written = []
-    for name in REWARD_MODELS:
-        model_cfg = reward_model_config(name, bank.features.shape[1], cfg)
-        fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
-                            weight_decay=cfg.weight_decay)
-        start = time.time()
-        model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, name)
-        path = checkpoints.save(REWARD_DIR / name, {"model": model}, kind="reward", config=model_cfg.to_dict(),
-                                train=asdict(cfg), best=best, train_seconds=round(time.time() - start, 1),
-                                bank=bank.meta)
-        written.append(str(path.parent))
-    return written
+    fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
+                        weight_decay=cfg.weight_decay)
+    return [fit_and_save(REWARD_DIR / name, reward_config(spec, bank.features.shape[1], cfg.hidden, cfg.latent),
+                         sample_batch, val_eps, fit_cfg, train=asdict(cfg), bank=bank.meta)
+            for name, spec in REWARD_MODELS.items()]
 
 
 @dataclass
