@@ -158,10 +158,20 @@ def raw_path(model: str) -> Path:
     return CACHE / "corpus" / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / "candidates.jsonl"
 
 
+def drop_partial_tail(path: Path) -> None:
+    """Cut a line left half-written by an interrupted run, so appended records start on a fresh line."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+        log(f"{path}: dropped a half-written last line (an interrupted run); it will be redone")
+
+
 def generate(lm: LoadedModel, jobs: list[dict], path: Path, batch_size: int, chunk_prompts: int) -> None:
     """Run the jobs not yet in `path`, appending each finished batch (so an interruption loses one batch)."""
     demos = load_style_demos()
-    done = {r["key"] for r in read_jsonl(path, tolerate_truncated_tail=True)} if path.exists() else set()
+    if path.exists():
+        drop_partial_tail(path)
+    done = {r["key"] for r in read_jsonl(path)} if path.exists() else set()
     todo = [j for j in jobs if j["key"] not in done]
     chunk = {pid: i // chunk_prompts for i, pid in enumerate(dict.fromkeys(j["prompt_id"] for j in jobs))}
     # chunk by chunk, batch jobs that share style, demonstration and length: one generate call serves them all

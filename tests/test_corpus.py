@@ -87,3 +87,12 @@ def test_shared_prefix_cache_matches_each_prompt_alone(tiny_lm):
             ref = model.generate(input_ids=alone, attention_mask=torch.ones_like(alone), do_sample=False,
                                  max_new_tokens=6, pad_token_id=tok.pad_token_id)
             assert torch.equal(out[row, ids.shape[1]:], ref[0, alone.shape[1]:])
+
+
+def test_resume_drops_a_half_written_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"key": 1}) + "\n" + '{"key": 2, "resp')
+    corpus.drop_partial_tail(path)
+    assert corpus.read_jsonl(path) == [{"key": 1}]
+    corpus.drop_partial_tail(path)  # a clean file is left alone
+    assert path.read_text() == json.dumps({"key": 1}) + "\n"
