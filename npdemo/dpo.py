@@ -31,6 +31,7 @@ class DPOConfig:
     beta: float = 0.1           # DPO beta
     lr: float = 3e-4            # LoRA + FiLM learning rate
     max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
+    conditioned: bool = True    # False: the DPO-mixed baseline, same data and steps but no latent (FiLM off)
     seed: int = 0
 
 
@@ -66,6 +67,13 @@ def logprobs(policy: ConditionalPolicy, rows: list[tuple[list[int], int]], z: to
     with policy.conditioned(z):
         logits = policy.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
     return sequence_logprob(logits, ids.to(dev), resp.to(dev))
+
+
+def reference_key(lm, bank: Bank, max_tokens: int) -> str:
+    """What the cached reference log-probs depend on: base weights and precision, corpus, sequence cut."""
+    from .base_model import fingerprint
+
+    return f"{fingerprint(lm.model)}-{lm.quant}-{bank.meta.get('corpus_sha256')}-{max_tokens}"
 
 
 @torch.no_grad()
@@ -116,7 +124,7 @@ def disable_cpu_weight_packing(model: torch.nn.Module) -> None:
 
 def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: DPOConfig, ref_key: str,
               log_every: int = 20) -> list[dict]:
-    """Train LoRA + FiLM with the NP encoder frozen; returns the log (loss, implicit-reward accuracy)."""
+    """Train LoRA + FiLM with the NP encoder frozen (LoRA only when not conditioned); returns the log."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     disable_cpu_weight_packing(policy.model)
@@ -131,7 +139,8 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
         ep, c, r, user = dpo_step_batch(bank, cfg, rng)
         with torch.no_grad():
             z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), frozen encoder
-        lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r], torch.cat([z, z]))
+        lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r],
+                      torch.cat([z, z]) if cfg.conditioned else None)
         pi_c, pi_r = lp.chunk(2)
         losses, rc, rr = dpo_loss(pi_c, pi_r, ref[c].to(lp), ref[r].to(lp), cfg.beta)
         opt.zero_grad(set_to_none=True)

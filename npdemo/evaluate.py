@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import synthetic
+from . import checkpoints, synthetic
 from .config import ROOT
 from .episodes import Episodes
 from .reward import load_reward_model
@@ -174,7 +174,47 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     return out
 
 
-TASKS = {"synthetic": evaluate_synthetic, "reward": evaluate_reward}
+def evaluate_policy(n_users: int, seed: int) -> dict:
+    """NP-DPO vs DPO-mixed implicit-reward accuracy by k and group; steering, in-context baseline, z-swap."""
+    from . import base_model
+    from .embeddings import load_bank
+    from .policy import load_policy
+    from .steering import KS as POLICY_KS, SteeringConfig, implicit_reward_table, steering
+    from .train import POLICY_DIR, POLICY_MIXED_DIR
+
+    bank = load_bank()
+    policies, train_cfg = {}, None
+    for name, directory in (("np_dpo", POLICY_DIR), ("dpo_mixed", POLICY_MIXED_DIR)):
+        train_cfg = checkpoints.read_manifest(directory, "policy")["train"]
+        lm = base_model.load(train_cfg.get("model") or None, quant=train_cfg["quant"])  # peft wraps in place
+        bank.check_model(lm)
+        pol, enc = load_policy(directory, lm)
+        policies[name] = (pol, enc if train_cfg["conditioned"] else None)
+    cfg = SteeringConfig(users_per_k=n_users, beta=train_cfg["beta"], seed=seed)
+    table = implicit_reward_table(policies, bank, cfg, train_cfg["max_tokens"])
+    from .users import GROUPS
+
+    print(f"\nImplicit-reward accuracy (%) on test-prompt pairs outside the context, {n_users} users per k:")
+    print("| model | k | all | " + " | ".join(GROUPS) + " |")
+    print("|---" * (len(GROUPS) + 3) + "|")
+    for name, by_k in table.items():
+        for k in POLICY_KS:
+            row = by_k[k]
+            print(f"| {name} | {k} | {100 * row['all']:.1f} | " + " | ".join(f"{100 * row[g]:.1f}" for g in GROUPS)
+                  + " |")
+    steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed))
+    print(f"\nSteering on {steer['prompts']} test prompts (greedy). Base attributes {steer['base']}")
+    print("| user | NP-DPO attributes | NP-DPO win-rate vs base | in-context attributes | in-context win-rate |")
+    print("|---|---|---|---|---|")
+    for name, u in steer["users"].items():
+        print(f"| {name} | {u['np_dpo_attributes']} | {u['np_dpo_win_rate']:.2f} | {u['in_context_attributes']} | "
+              f"{u['in_context_win_rate']:.2f} |")
+    print(f"z-swap: {steer['z_swap']}")
+    return {"task": "policy", "implicit_reward_accuracy": {n: {str(k): v for k, v in t.items()} for n, t in
+                                                             table.items()}, "steering": steer}
+
+
+TASKS = {"synthetic": evaluate_synthetic, "reward": evaluate_reward, "policy": evaluate_policy}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,14 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args(argv)
     out = TASKS[args.task](args.users, args.seed)
-    fig = out.pop("figure")
+    fig = out.pop("figure", None)
     json_path = args.json or RUNS / f"{args.task}.json"
     html_path = args.html or RUNS / f"{args.task}.html"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(out, indent=2) + "\n")
-    fig.write_html(html_path, include_plotlyjs="cdn")
-    print(f"\nwrote {json_path} and {html_path}")
+    if fig is not None:
+        fig.write_html(html_path, include_plotlyjs="cdn")
+    print(f"\nwrote {json_path}" + (f" and {html_path}" if fig is not None else ""))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .reward import RewardConfig, build_reward_model, load_reward_model
 SYNTHETIC_DIR = CHECKPOINTS / "synthetic"
 REWARD_DIR = CHECKPOINTS / "reward"
 POLICY_DIR = CHECKPOINTS / "policy"
+POLICY_MIXED_DIR = CHECKPOINTS / "policy_mixed"  # the unconditioned DPO-mixed baseline (--conditioned=false)
 
 
 @dataclass
@@ -176,7 +177,10 @@ class PolicyTrainConfig(DPOConfig):
 
 
 def train_policy(cfg: PolicyTrainConfig) -> list[str]:
-    """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder."""
+    """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder.
+
+    With --conditioned=false the same run trains the DPO-mixed baseline (no latent) into checkpoints/policy_mixed.
+    """
     bank = embeddings.load_bank()
     np_btl = load_reward_model(REWARD_DIR / "np_btl")
     lm = base_model.load(cfg.model or None, quant=cfg.quant)
@@ -184,10 +188,9 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     pol = policy.ConditionalPolicy(lm, policy.PolicyConfig(latent=np_btl.cfg.encoder.latent, lora_r=cfg.lora_r,
                                                            lora_alpha=cfg.lora_alpha))
     start = time.time()
-    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg,
-                        ref_key=f"{base_model.fingerprint(lm.model)}-{bank.meta['corpus_sha256']}-{cfg.max_tokens}")
-    path = policy.save_policy(pol, np_btl.encoder, POLICY_DIR, train=asdict(cfg), log=log, bank=bank.meta,
-                              train_seconds=round(time.time() - start, 1))
+    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=dpo.reference_key(lm, bank, cfg.max_tokens))
+    path = policy.save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
+                              train=asdict(cfg), log=log, bank=bank.meta, train_seconds=round(time.time() - start, 1))
     return [str(path.parent)]
 
 

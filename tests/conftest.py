@@ -1,6 +1,7 @@
 """Shared fixtures: the real SmolLM2 tokenizer with a tiny random-weight Llama (fast), and the real model."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,27 @@ def make_tiny_lm():
 def tiny_lm():
     """A shared tiny model; tests that wrap or modify it build their own with make_tiny_lm()."""
     return make_tiny_lm()
+
+
+RESPONSES = ["Sure! 😊 Boil it for nine minutes.", "1. Boil water\n2. Add the egg\n3. Wait nine minutes",
+             "Boil it.", "Put the egg in boiling water, wait about nine minutes, then cool it in cold water."]
+
+
+def text_bank(n_prompts: int = 6, splits=("train",)):
+    """A pair bank over real texts (RESPONSES per prompt) with random 8-d features; prompts cycle over splits."""
+    from npdemo import attributes
+    from npdemo.embeddings import Bank
+
+    records, pairs, pair_split = [], [], []
+    for p in range(n_prompts):
+        split = splits[p % len(splits)]
+        rows = list(range(len(records), len(records) + len(RESPONSES)))
+        records += [{"prompt_id": f"p{p}", "prompt": f"Question {p}: how do I boil an egg?", "response": r,
+                     "split": split} for r in RESPONSES]
+        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+        pair_split += [split] * (len(rows) * (len(rows) - 1) // 2)
+    torch.manual_seed(0)
+    return Bank(features=torch.randn(len(records), 8),
+                attributes=attributes.score_many([r["response"] for r in records]), pairs=torch.tensor(pairs),
+                pair_split=np.array(pair_split), mean=torch.zeros(8), std=torch.ones(8),
+                meta={"corpus_sha256": "test"}, records=records)

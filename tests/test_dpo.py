@@ -2,28 +2,10 @@
 import numpy as np
 import torch
 
-from conftest import make_tiny_lm
+from conftest import RESPONSES, make_tiny_lm, text_bank
 from npdemo import dpo
 from npdemo.context_encoder import ContextEncoder, EncoderConfig
-from npdemo.embeddings import Bank
 from npdemo.policy import ConditionalPolicy, PolicyConfig
-
-RESPONSES = ["Sure! 😊 Boil it for nine minutes.", "1. Boil water\n2. Add the egg\n3. Wait nine minutes",
-             "Boil it.", "Put the egg in boiling water, wait about nine minutes, then cool it in cold water."]
-
-
-def text_bank(n_prompts=6) -> Bank:
-    rng = np.random.default_rng(0)
-    records, pairs = [], []
-    for p in range(n_prompts):
-        rows = list(range(len(records), len(records) + len(RESPONSES)))
-        records += [{"prompt_id": f"p{p}", "prompt": f"Question {p}: how do I boil an egg?", "response": r,
-                     "split": "train"} for r in RESPONSES]
-        pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
-    return Bank(features=torch.randn(len(records), 8), attributes=rng.random((len(records), 3)),
-                pairs=torch.tensor(pairs), pair_split=np.array(["train"] * len(pairs)), mean=torch.zeros(8),
-                std=torch.ones(8), meta={}, records=records)
-
 
 def test_targets_never_include_the_context():
     bank, cfg = text_bank(), dpo.DPOConfig(users=16, pairs_per_user=2, k_max=6)
