@@ -1,4 +1,5 @@
-"""Speed benchmark: `python -m npdemo.bench [--model ID] [--new-tokens N] [--repeats R] [--json PATH]`.
+"""Benchmarks: `python -m npdemo.bench [speed] [--model ID] [--new-tokens N] [--repeats R] [--json PATH]`, and
+`python -m npdemo.bench load [--sessions N] [--json PATH]` (concurrent sessions on a live app: loadtest.py).
 
 In one process and one run, per precision (NF4, bf16): load time, time to first streamed text, decode
 tokens/s unsteered vs FiLM-steered (every decoder layer modulated), and resident memory; plus the latency of
@@ -92,12 +93,27 @@ def bench_encode(d: int, latent: int, repeats: int = 50) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m npdemo.bench", description=__doc__)
+    ap.add_argument("what", nargs="?", default="speed", choices=["speed", "load"])
     ap.add_argument("--model", default=None, help="base model id or path (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--sessions", type=int, default=20, help="load: concurrent client sessions")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    result = run_load(args) if args.what == "load" else run_speed(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_load(args: argparse.Namespace) -> dict:
+    from .loadtest import run
+
+    return run(args.sessions, app_args=("--model", args.model) if args.model else ())
+
+
+def run_speed(args: argparse.Namespace) -> dict:
     rows = [bench_precision(args.model, q, args.new_tokens, args.repeats, args.latent) for q in ("nf4", "bf16")]
     encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
     print(f"\nSpeed on {rows[0]['device']}, {args.new_tokens} new tokens, greedy, median of {args.repeats}:")
@@ -109,10 +125,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
     ratio = rows[0]["tok_s_steered"] / rows[1]["tok_s_steered"]
     print(f"NF4 / bf16 steered tok/s: {ratio:.2f}x; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s,
-                                         "new_tokens": args.new_tokens, "repeats": args.repeats}, indent=2) + "\n")
+    return {"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,
+            "repeats": args.repeats}
 
 
 if __name__ == "__main__":

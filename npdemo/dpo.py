@@ -8,7 +8,9 @@ is computed once per bank response and cached. Log-probs are summed over respons
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,14 +26,15 @@ from .users import sample_users
 
 @dataclass
 class DPOConfig:
-    steps: int = 400            # optimiser steps
-    users: int = 4              # simulated users per step
-    pairs_per_user: int = 2     # target pairs per user per step (2 sequences each)
+    steps: int = 240            # optimiser steps (about 30 min on a 2-core CPU in fp32)
+    users: int = 4              # simulated users per step, each with its own latent
+    pairs_per_user: int = 1     # target pairs per user per step (2 sequences each)
     k_max: int = 6              # context sizes 0..k_max, as in the paper's DPO runs
     beta: float = 0.1           # DPO beta
-    lr: float = 3e-4            # LoRA + FiLM learning rate
+    lr: float = 5e-4            # LoRA + FiLM learning rate (constant)
     max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
     conditioned: bool = True    # False: the DPO-mixed baseline, same data and steps but no latent (FiLM off)
+    train_encoder: bool = False  # fine-tune the NP context encoder with the policy (frozen by default)
     seed: int = 0
 
 
@@ -63,10 +66,12 @@ def pad(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, t
 def logprobs(policy: ConditionalPolicy, rows: list[tuple[list[int], int]], z: torch.Tensor | None) -> torch.Tensor:
     """Summed response-token log-probs of each row under pi(. | z) (z = None: as conditioned outside)."""
     ids, attn, resp = pad(rows, policy.tokenizer.pad_token_id)
+    first = min(start for _, start in rows)  # logits are needed only from the earliest response token on
+    keep = ids.shape[1] - first + 1
     dev = policy.lm.device
     with policy.conditioned(z):
-        logits = policy.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
-    return sequence_logprob(logits, ids.to(dev), resp.to(dev))
+        logits = policy.model(input_ids=ids.to(dev), attention_mask=attn.to(dev), logits_to_keep=keep).logits
+    return sequence_logprob(logits, ids[:, first - 1:].to(dev), resp[:, first - 1:].to(dev))
 
 
 def reference_key(lm, bank: Bank, max_tokens: int) -> str:
@@ -78,19 +83,33 @@ def reference_key(lm, bank: Bank, max_tokens: int) -> str:
 
 @torch.no_grad()
 def reference_logprobs(policy: ConditionalPolicy, rows: list[tuple[list[int], int]], key: str,
-                       batch: int = 16) -> torch.Tensor:
-    """log ref(response | prompt) for every bank row, cached on disk under `key` (model and corpus hashes)."""
+                       needed: np.ndarray | None = None, batch: int = 16) -> torch.Tensor:
+    """log ref(response | prompt) per bank row (NaN where not needed yet), cached on disk under `key`.
+
+    Only `needed` rows (default all) are computed, shortest first (less padding), and the cache is written
+    every few batches, so an interrupted run resumes and a later caller only pays for rows it adds.
+    """
     path = CACHE / "dpo" / f"ref-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        return torch.load(path)
-    out = []
-    with policy.reference():
-        for i in tqdm(range(0, len(rows), batch), desc="reference log-probs"):
-            out.append(logprobs(policy, rows[i:i + batch], None).float().cpu())
-    ref = torch.cat(out)
+    ref = torch.load(path) if path.is_file() else torch.full((len(rows),), float("nan"))
+    if len(ref) != len(rows):
+        raise ValueError(f"{path} holds {len(ref)} rows but the bank has {len(rows)}: delete it to recompute")
+    needed = np.arange(len(rows)) if needed is None else np.asarray(needed)
+    todo = sorted((int(i) for i in needed if torch.isnan(ref[i])), key=lambda i: len(rows[i][0]))
+    if not todo:
+        return ref
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ref, path)
+    with policy.reference():
+        for n, start in enumerate(tqdm(range(0, len(todo), batch), desc="reference log-probs")):
+            chunk = todo[start:start + batch]
+            ref[chunk] = logprobs(policy, [rows[i] for i in chunk], None).float().cpu()
+            if n % 20 == 19 or start + batch >= len(todo):
+                torch.save(ref, path)
     return ref
+
+
+def split_rows(bank: Bank, split: str) -> np.ndarray:
+    """Bank rows (responses) whose prompt is in `split`."""
+    return np.array([i for i, r in enumerate(bank.records) if r["split"] == split])
 
 
 def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator):
@@ -122,23 +141,53 @@ def disable_cpu_weight_packing(model: torch.nn.Module) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
+def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
+    """Where an unfinished run keeps its state; the name pins the run's config and reference."""
+    key = json.dumps([asdict(cfg), ref_key], sort_keys=True, default=str)
+    return CACHE / "dpo" / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
 def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: DPOConfig, ref_key: str,
-              log_every: int = 20) -> list[dict]:
-    """Train LoRA + FiLM with the NP encoder frozen (LoRA only when not conditioned); returns the log."""
+              log_every: int = 20, save_every: int = 25) -> list[dict]:
+    """Train LoRA + FiLM (LoRA only when not conditioned; the encoder too with cfg.train_encoder); returns the log.
+
+    Every `save_every` steps the trainable weights, optimiser and random state go to the cache, and a run
+    started again with the same config and reference resumes there.
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    batches = [dpo_step_batch(bank, cfg, rng) for _ in range(cfg.steps)]  # fixed by the seed: resumable
     disable_cpu_weight_packing(policy.model)
     rows = encode_rows(policy, bank, cfg.max_tokens)
-    ref = reference_logprobs(policy, rows, ref_key)
+    used = np.unique(np.concatenate([np.concatenate([c, r]) for _, c, r, _ in batches]))
+    ref = reference_logprobs(policy, rows, ref_key, used)  # only the responses this run trains on
     params = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.film.parameters())
+    encoder.requires_grad_(cfg.train_encoder)
+    if cfg.train_encoder:
+        params += list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    policy.model.train()
-    log, window = [], []
-    bar = tqdm(range(1, cfg.steps + 1), desc="NP-DPO")
-    for step in bar:
-        ep, c, r, user = dpo_step_batch(bank, cfg, rng)
+    modules = {"film": policy.film, "encoder": encoder, "opt": opt}
+    lora = [p for p in policy.model.parameters() if p.requires_grad]
+    state_path, log, first = _state_path(cfg, ref_key), [], 1
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
         with torch.no_grad():
-            z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), frozen encoder
+            for p, saved in zip(lora, state["lora"]):
+                p.copy_(saved)
+        log, first = state["log"], state["step"] + 1
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming {state_path.name} at step {first}")
+    policy.model.train()
+    encoder.train(cfg.train_encoder)
+    window = []
+    bar = tqdm(range(first, cfg.steps + 1), desc="NP-DPO" if cfg.conditioned else "DPO-mixed",
+               initial=first - 1, total=cfg.steps)
+    for step in bar:
+        ep, c, r, user = batches[step - 1]
+        with torch.set_grad_enabled(cfg.train_encoder):
+            z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), one latent per target pair
         lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r],
                       torch.cat([z, z]) if cfg.conditioned else None)
         pi_c, pi_r = lp.chunk(2)
@@ -152,5 +201,10 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
             log.append({"step": step, "loss": float(loss), "implicit_reward_acc": float(acc)})
             bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f}")
             window = []
+        if step % save_every == 0 and step < cfg.steps:
+            torch.save({"step": step, "log": log, "torch_rng": torch.get_rng_state(), "lora": [p.detach().clone() for p in lora],
+                        **{name: m.state_dict() for name, m in modules.items()}}, state_path)
     policy.model.eval()
+    encoder.eval().requires_grad_(False)
+    state_path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
     return log

@@ -86,6 +86,14 @@ def with_combinations(pooled: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**pooled, **{name: np.concatenate([pooled[a], pooled[b]], axis=1) for name, (a, b) in COMBINATIONS.items()}}
 
 
+def features_like_bank(lm: LoadedModel, bank: "Bank", prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """Features of new (prompt, response) rows, pooled and standardised exactly like the bank's: (N, D)."""
+    pooling = bank.meta["pooling"]
+    parts = COMBINATIONS.get(pooling, (pooling,))
+    pooled = embed(lm, prompts, responses, poolings=parts, progress=False)
+    return bank.standardise(torch.tensor(np.concatenate([pooled[p] for p in parts], axis=1)))
+
+
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L, D) states averaged over positions where mask (B, L) is 1."""
     m = mask.to(states.dtype)[..., None]
@@ -120,16 +128,30 @@ class Bank:
 
     def check_model(self, lm: LoadedModel) -> None:
         """Refuse a base model other than the one whose hidden states the bank (and its checkpoints) hold."""
+        parts = len(COMBINATIONS.get(self.meta.get("pooling", ""), (None,)))  # a combination joins two poolings
         d = lm.model.config.hidden_size
-        if d != self.features.shape[1]:
+        if d * parts != self.features.shape[1]:
             raise CorpusError(f"model {lm.name!r} has hidden size {d}, but the pair bank and reward checkpoints "
-                              f"were built from {self.meta.get('model')!r} with {self.features.shape[1]}")
+                              f"were built from {self.meta.get('model')!r} with {self.features.shape[1] // parts}")
         if fingerprint(lm.model) != self.meta.get("model_fingerprint"):
             raise CorpusError(f"model {lm.name!r} has other weights than {self.meta.get('model')!r}, which the "
                               "pair bank was built from; rebuild with `python -m npdemo.train reward --model=...`")
 
     def split_pairs(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.pair_split == split)
+
+    def oriented(self, labels: list[tuple[int, int]]) -> np.ndarray:
+        """Rows [chosen, rejected] (K, 2) of labelled pairs given as (pair index, 1 if its first row won)."""
+        return np.array([self.pairs[p].tolist()[:: 1 if a else -1] for p, a in labels], dtype=np.int64).reshape(-1, 2)
+
+    def context(self, labels: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labelled pairs as one user's NP context: features (1, K, 2, d) [chosen, rejected] and mask (1, K)."""
+        return self.features[torch.from_numpy(self.oriented(labels))][None], torch.ones(1, len(labels), dtype=torch.bool)
+
+    def attribute_diffs(self, labels: list[tuple[int, int]]) -> np.ndarray:
+        """Attributes of chosen minus rejected for labelled pairs: (1, K, 3), what the exact Bayes posterior reads."""
+        rows = self.oriented(labels)
+        return (self.attributes[rows[:, 0]] - self.attributes[rows[:, 1]])[None]
 
 
 def file_sha256(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Evaluate shipped checkpoints: `python -m npdemo.evaluate {synthetic,reward} [--json PATH] [--html PATH] [--users N]`.
+"""Evaluate shipped checkpoints: `python -m npdemo.evaluate {synthetic,reward,policy,selection} [--json PATH] [--users N]`.
 
 Clean evaluation: every model sees the same test users, and only target pairs that are NOT in the user's
 context are scored. Accuracy is per user (a tie P = 0.5 counts half), reported as mean +- standard error
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import checkpoints, synthetic
 from .config import ROOT
@@ -214,7 +215,62 @@ def evaluate_policy(n_users: int, seed: int) -> dict:
                                                              table.items()}, "steering": steer}
 
 
-TASKS = {"synthetic": evaluate_synthetic, "reward": evaluate_reward, "policy": evaluate_policy}
+@torch.no_grad()
+def evaluate_selection(n_users: int, seed: int) -> dict:
+    """Informative (BALD) vs random pair order: simplex error and held-out accuracy after k labels.
+
+    Each test user labels pairs chosen from the test-prompt pool one at a time (BTL choices from its true w);
+    20 held-out target pairs, never offered for labelling, are scored after k = 3, 6 and 10 labels.
+    """
+    from .acquisition import next_pair
+    from .embeddings import load_bank
+    from .simplex import Locator
+    from .train import REWARD_DIR
+    from .users import choice_prob, sample_weights
+
+    bank = load_bank()
+    model = load_reward_model(REWARD_DIR / "np_btl")
+    locate, pool, pairs = Locator(model, bank), bank.split_pairs("test"), bank.pairs.numpy()
+    rng = np.random.default_rng(seed)
+    checkpoints_k, orders = (3, 6, 10), ("random", "informative")
+    err = {o: {k: [] for k in checkpoints_k} for o in orders}
+    acc = {o: {k: [] for k in checkpoints_k} for o in orders}
+    weights, _ = sample_weights(n_users, rng)
+    for w in tqdm(weights, desc="simulated users"):
+        targets = rng.choice(pool, 20, replace=False)
+        t_attr = bank.attributes[pairs[targets]]  # (20, 2, 3)
+        t_y = rng.random(20) < choice_prob(w, t_attr[:, 0], t_attr[:, 1])
+        for order in orders:
+            labels: list[tuple[int, int]] = []
+            order_rng = np.random.default_rng(rng.integers(2**32))
+            while len(labels) < max(checkpoints_k):
+                ctx, mask = bank.context(labels)
+                p = next_pair(model, bank.features, bank.pairs, pool, {*targets, *(q for q, _ in labels)}, ctx,
+                              mask, order_rng, order)
+                a_attr, b_attr = bank.attributes[pairs[p]]
+                labels.append((p, int(order_rng.random() < choice_prob(w, a_attr, b_attr))))
+                if len(labels) in checkpoints_k:
+                    z = model.encoder.latent(*bank.context(labels))
+                    err[order][len(labels)].append(np.abs(locate(z)[0] - w).sum())
+                    logit = model.pair_logits(bank.features[bank.pairs[targets]][None], z)[0].numpy()
+                    acc[order][len(labels)].append(np.mean(np.where(logit == 0, 0.5, (logit > 0) == t_y)))
+    out = {"task": "selection", "n_users": n_users, "seed": seed, "pool": "test prompts",
+           "simplex_l1": {o: {str(k): dict(zip(("mean", "se"), mean_se(np.array(v)))) for k, v in e.items()}
+                          for o, e in err.items()},
+           "accuracy": {o: {str(k): dict(zip(("mean", "se"), mean_se(np.array(v)))) for k, v in a.items()}
+                        for o, a in acc.items()}}
+    print(f"\nPair selection, {n_users} simulated test users: simplex L1 error (x100) and held-out accuracy (%)")
+    print("| order | " + " | ".join(f"L1 @ {k}" for k in checkpoints_k) + " | "
+          + " | ".join(f"acc @ {k}" for k in checkpoints_k) + " |")
+    print("|---" * (1 + 2 * len(checkpoints_k)) + "|")
+    for o in orders:
+        print(f"| {o} | " + " | ".join(f"{100 * np.mean(err[o][k]):.1f}" for k in checkpoints_k) + " | "
+              + " | ".join(f"{100 * np.mean(acc[o][k]):.1f}" for k in checkpoints_k) + " |")
+    return out
+
+
+TASKS = {"synthetic": evaluate_synthetic, "reward": evaluate_reward, "policy": evaluate_policy,
+         "selection": evaluate_selection}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,10 +3,12 @@
 pi(y | x, z): LoRA adapters (peft) shared by all users, per-user behaviour only through FiLM(z) on every
 decoder layer. The DPO reference is the same network with LoRA and FiLM switched off (`reference()`), never
 a deep copy (a copy would keep the live hooks: official-code bug). Generation holds one lock for the whole
-call, so two visitors' latents never mix (the hooks are shared state).
+call, so two visitors' latents never mix (the hooks are shared state). One batched call can stream steered
+and base rows side by side: FiLM is per row, and peft's mixed-adapter batches switch LoRA off per row.
 """
 from __future__ import annotations
 
+import queue
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from . import checkpoints
 from .base_model import LoadedModel, fingerprint
@@ -121,50 +124,117 @@ class ConditionalPolicy:
                                                   add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"], note
 
-    @torch.no_grad()
-    def generate(self, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
-        """Batched generation, row i conditioned on z[i] (z = None: the unsteered base)."""
-        sampling.check()
+    def _modulation(self, zs: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Per-row FiLM (gamma, beta) and peft adapter names: a None row is the base model (no FiLM, no LoRA)."""
+        config = self.lm.model.config
+        gamma = torch.ones(len(zs), config.num_hidden_layers, config.hidden_size, device=self.lm.device)
+        beta = torch.zeros_like(gamma)
+        steered = [i for i, z in enumerate(zs) if z is not None]
+        if steered:
+            z = torch.cat([zs[i].reshape(1, -1) for i in steered])
+            gamma[steered], beta[steered] = self.film(z.to(self.lm.device))
+        return gamma, beta, ["__base__" if z is None else "default" for z in zs]
+
+    def _batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded chat-formatted prompt ids and attention mask."""
         rows = [self.prompt_ids(p)[0][0] for p in prompts]
         L = max(len(r) for r in rows)
         ids = torch.full((len(rows), L), self.tokenizer.pad_token_id)
         mask = torch.zeros(len(rows), L, dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding
+        for i, r in enumerate(rows):
             ids[i, L - len(r):], mask[i, L - len(r):] = r, 1
-        with self.lock, self.conditioned(z):
-            out = self.model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device),
-                                      pad_token_id=self.tokenizer.pad_token_id, **sampling.generate_kwargs())
-        return self.tokenizer.batch_decode(out[:, L:], skip_special_tokens=True)
+        return ids.to(self.lm.device), mask.to(self.lm.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
+        """Batched generation, row i conditioned on z[i]; z = None: the unsteered base model for every row."""
+        texts: list[str] = []
+        for texts in self.stream_rows(prompts, [None] * len(prompts) if z is None else list(z), sampling):
+            pass
+        return texts
 
     def stream(self, prompt: str, z: torch.Tensor | None, sampling: Sampling) -> Iterator[str]:
-        """Yield the text so far as it is produced; errors inside generation are raised here, never a hang."""
+        """Yield the text so far as it is produced (z = None: the unsteered base)."""
+        for texts in self.stream_rows([prompt], [z], sampling):
+            yield texts[0]
+
+    def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling
+                    ) -> Iterator[list[str]]:
+        """One batched generate call, row i steered by zs[i] (None: base); yields every row's text so far.
+
+        Runs in a worker thread under the policy lock; an error inside generation is raised here, a consumer
+        that stops early cancels the generation, and nothing ever waits forever.
+        """
         sampling.check()
-        ids, _ = self.prompt_ids(prompt)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+        if len(prompts) != len(zs) or not prompts:
+            raise ValueError(f"need one z per prompt, got {len(prompts)} prompts and {len(zs)} latents")
+        for z in zs:
+            if z is not None and z.numel() != self.cfg.latent:
+                raise ValueError(f"z must have shape ({self.cfg.latent},) or (1, {self.cfg.latent}), "
+                                 f"got {tuple(z.shape)}")
+        ids, mask = self._batch(prompts)
+        streamer = _RowStreamer(self.tokenizer, len(prompts), self.lm.model.generation_config.eos_token_id)
         cancelled, errors = threading.Event(), []
 
         def run() -> None:
             try:
-                with torch.no_grad(), self.lock, self.conditioned(z):
-                    self.model.generate(input_ids=ids.to(self.lm.device), attention_mask=torch.ones_like(ids).to(
-                        self.lm.device), streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]), **sampling.generate_kwargs())
+                with torch.no_grad(), self.lock:
+                    gamma, beta, adapters = self._modulation(zs)
+                    with self.hooks.applied(gamma, beta):
+                        self.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer,
+                                            adapter_names=adapters, pad_token_id=self.tokenizer.pad_token_id,
+                                            stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
+                                            **sampling.generate_kwargs())
             except Exception as e:  # noqa: BLE001 - handed to the consumer below
                 errors.append(e)
-                streamer.end()  # unblock the consumer at once
+            finally:
+                streamer.end()  # always unblock the consumer
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        text = ""
         try:
-            for piece in streamer:
-                text += piece
-                yield text
+            yield from streamer
         finally:
             cancelled.set()  # the consumer stopped early: stop generating
             worker.join(timeout=120)
         if errors:
             raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
+
+
+class _RowStreamer(BaseStreamer):
+    """Collects the new tokens of each row of a batched `generate`; iterating yields all rows' text so far."""
+
+    def __init__(self, tokenizer, rows: int, eos: int | list[int] | None, timeout: float = 120.0):
+        self.tokenizer, self.timeout = tokenizer, timeout
+        self.eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.finished = [False] * rows
+        self.queue: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate hands over the prompt first
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(len(self.tokens), -1)[:, -1].tolist()):
+            if self.finished[i] or token in self.eos:
+                self.finished[i] = True
+                continue
+            self.tokens[i].append(token)
+        self.queue.put([self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens])
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        while True:
+            try:
+                texts = self.queue.get(timeout=self.timeout)
+            except queue.Empty:
+                raise RuntimeError(f"generation stalled: no new token for {self.timeout:.0f} s") from None
+            if texts is None:
+                return
+            yield texts
 
 
 def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, **extra) -> Path:

@@ -5,7 +5,7 @@ training loss (nanoGPT style: the model computes its loss given targets, the los
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,12 +27,16 @@ class RewardConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # NP only
     n_z_train: int = 1             # Gaussian latent: z samples per user in training
     beta_kl: float = 1.0           # Gaussian latent: weight of KL(qT || qC)
+    input_dropout: float = 0.0     # dropout on option features in training (few distinct responses: regularise)
+    decoder: str = "mlp"           # NP reward decoder: "mlp" (the paper's) or "bilinear" (see RewardDecoder)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.decoder not in ("mlp", "bilinear"):
+            raise ValueError(f"decoder must be 'mlp' or 'bilinear', got {self.decoder!r}")
         if self.kind == "np" and self.encoder.d != self.d:
             raise ValueError(f"encoder.d ({self.encoder.d}) must equal d ({self.d})")
 
@@ -48,17 +52,26 @@ def check_pairs(tgt: torch.Tensor, d: int) -> None:
 
 
 class RewardDecoder(nn.Module):
-    """r(y; z): a per-option encoder, then an MLP head on [enc(y); z]."""
+    """r(y; z). "mlp": a per-option encoder, then an MLP head on [enc(y); z] (the paper's decoder).
+    "bilinear": r = <W y, g(z)>, a user-specific linear reward on a shared learned linear feature map, the
+    structure of the simulated users (r_w = w . a(y)); it generalises better from few distinct responses."""
 
-    def __init__(self, d: int, hidden: int, latent: int):
+    def __init__(self, d: int, hidden: int, latent: int, kind: str = "mlp"):
         super().__init__()
-        self.option_encoder = mlp(d, hidden, hidden)
-        self.head = nn.Sequential(nn.Linear(hidden + latent, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.kind = kind
+        if kind == "bilinear":
+            self.option_encoder = nn.Linear(d, hidden, bias=False)
+            self.head = mlp(latent, hidden, hidden)  # z -> user weights over the hidden features
+        else:
+            self.option_encoder = mlp(d, hidden, hidden)
+            self.head = nn.Sequential(nn.Linear(hidden + latent, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """y (..., d), z broadcastable to (..., Z) or None -> r (...)."""
         h = self.option_encoder(y)
+        if self.kind == "bilinear":
+            return (h * self.head(z)).sum(-1) / h.shape[-1] ** 0.5
         if z is not None:
             lead = torch.broadcast_shapes(h.shape[:-1], z.shape[:-1])
             h = torch.cat([h.expand(*lead, -1), z.expand(*lead, -1)], dim=-1)
@@ -72,7 +85,7 @@ class NPBTL(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ContextEncoder(cfg.encoder)
-        self.decoder = RewardDecoder(cfg.d, cfg.hidden, cfg.encoder.latent)
+        self.decoder = RewardDecoder(cfg.d, cfg.hidden, cfg.encoder.latent, cfg.decoder)
 
     def rewards(self, options: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """options (B, M, d), z (B, Z) or (n_z, B, Z) -> r (B, M) or (n_z, B, M)."""
@@ -90,6 +103,9 @@ class NPBTL(nn.Module):
 
     def loss(self, ep: Episodes) -> torch.Tensor:
         """NLL on all targets; for a Gaussian latent the NP objective with z ~ q(z | targets)."""
+        if self.training and self.cfg.input_dropout > 0:
+            p = self.cfg.input_dropout
+            ep = replace(ep, ctx=nn.functional.dropout(ep.ctx, p), tgt=nn.functional.dropout(ep.tgt, p))
         qC = self.encoder(ep.ctx, ep.ctx_mask)
         if self.cfg.encoder.latent_kind == "deterministic":
             return btl_nll(self.pair_logits(ep.tgt, qC.mean), ep.tgt_y).mean()

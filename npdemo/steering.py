@@ -16,7 +16,7 @@ import torch
 
 from . import attributes
 from .context_encoder import ContextEncoder
-from .dpo import encode_rows, logprobs, reference_key, reference_logprobs
+from .dpo import encode_rows, logprobs, reference_key, reference_logprobs, split_rows
 from .embeddings import Bank
 from .policy import ConditionalPolicy, Sampling
 from .users import GROUPS, sample_users
@@ -86,8 +86,7 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
     users = {**{a: np.eye(3)[i] for i, a in enumerate(attributes.ATTRIBUTES)}, "centre": np.full(3, 1 / 3)}
     prompts = sorted({r["prompt"] for r in bank.records if r["split"] == "test"})[:cfg.prompts]
     sampling = Sampling(max_new_tokens=cfg.new_tokens, greedy=True)
-    with policy.reference():
-        base = policy.generate(prompts, None, sampling)
+    base = policy.generate(prompts, None, sampling)
     out = {"prompts": len(prompts), "base": attributes.score_many(base).mean(0).round(4).tolist(), "users": {}}
     latents = {}
     for name, w in users.items():
@@ -98,8 +97,7 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
         pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()[0]]
         chosen = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 0], pairs[:, 1])
         rejected = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 1], pairs[:, 0])
-        with policy.reference():
-            in_ctx = policy.generate([in_context_prompt(bank, chosen, rejected, p) for p in prompts], None, sampling)
+        in_ctx = policy.generate([in_context_prompt(bank, chosen, rejected, p) for p in prompts], None, sampling)
         out["users"][name] = {
             "w": w.round(3).tolist(),
             "np_dpo_attributes": attributes.score_many(steered).mean(0).round(4).tolist(),
@@ -129,7 +127,7 @@ def implicit_reward_table(policies: dict[str, tuple[ConditionalPolicy, ContextEn
     out = {}
     for name, (pol, enc) in policies.items():
         rows = encode_rows(pol, bank, max_tokens)
-        ref = reference_logprobs(pol, rows, reference_key(pol.lm, bank, max_tokens))
+        ref = reference_logprobs(pol, rows, reference_key(pol.lm, bank, max_tokens), split_rows(bank, "test"))
         out[name] = {}
         for k in KS:
             acc, groups = implicit_reward_accuracy(pol, enc, bank, ref, rows, k, cfg,

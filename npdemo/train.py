@@ -1,4 +1,4 @@
-"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy] [--key=value ...]`.
+"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy|policy_mixed] [--key=value]`.
 
 With no stage, every stage runs in order and finished ones are skipped; name a stage to rebuild it.
 """
@@ -24,7 +24,7 @@ from .reward import RewardConfig, build_reward_model, load_reward_model
 SYNTHETIC_DIR = CHECKPOINTS / "synthetic"
 REWARD_DIR = CHECKPOINTS / "reward"
 POLICY_DIR = CHECKPOINTS / "policy"
-POLICY_MIXED_DIR = CHECKPOINTS / "policy_mixed"  # the unconditioned DPO-mixed baseline (--conditioned=false)
+POLICY_MIXED_DIR = CHECKPOINTS / "policy_mixed"  # the unconditioned DPO-mixed baseline (stage policy_mixed)
 
 
 @dataclass
@@ -96,21 +96,23 @@ def build_corpus(cfg: CorpusConfig) -> list[str]:
 
 @dataclass
 class RewardTrainConfig:
-    steps: int = 3000        # optimiser steps per model
-    lr: float = 5e-4         # peak learning rate
+    steps: int = 2000        # optimiser steps per model
+    lr: float = 1e-3         # peak learning rate
     batch_users: int = 64    # simulated users per batch
     n_targets: int = 20      # target pairs per user
     k_max: int = 10          # context sizes drawn uniformly from 0..k_max per user
     val_batches: int = 8     # fixed validation batches (val prompts) for checkpoint selection
     eval_every: int = 250
-    hidden: int = 256        # H
+    hidden: int = 128        # H
     latent: int = 64         # size of z
     weight_decay: float = 0.01
+    beta_kl: float = 0.1     # NP-BTL KL weight: at 1.0 the latent collapsed on this corpus (NP-BTL = BTL-mixed)
     model: str = ""          # base model for the embeddings (default: the default id)
     seed: int = 0
 
 
-REWARD_MODELS = {"np_btl": dict(kind="np", latent_kind="gaussian"), "btl_mixed": dict(kind="btl")}
+# the bilinear decoder beat the paper's MLP decoder on validation users (k = 10: 74.5 vs 72.7 % held-out accuracy)
+REWARD_MODELS = {"np_btl": dict(kind="np", latent_kind="gaussian", decoder="bilinear"), "btl_mixed": dict(kind="btl")}
 
 
 def cached_embeddings(lm: base_model.LoadedModel, records: list[dict]) -> dict[str, np.ndarray]:
@@ -163,7 +165,8 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 
     fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
                         weight_decay=cfg.weight_decay)
-    return [fit_and_save(REWARD_DIR / name, reward_config(spec, bank.features.shape[1], cfg.hidden, cfg.latent),
+    return [fit_and_save(REWARD_DIR / name, reward_config({**spec, "beta_kl": cfg.beta_kl}, bank.features.shape[1],
+                                                          cfg.hidden, cfg.latent),
                          sample_batch, val_eps, fit_cfg, train=asdict(cfg), bank=bank.meta)
             for name, spec in REWARD_MODELS.items()]
 
@@ -179,7 +182,8 @@ class PolicyTrainConfig(DPOConfig):
 def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder.
 
-    With --conditioned=false the same run trains the DPO-mixed baseline (no latent) into checkpoints/policy_mixed.
+    With conditioned=False (the policy_mixed stage) the same run trains the DPO-mixed baseline (no latent) into
+    checkpoints/policy_mixed.
     """
     bank = embeddings.load_bank()
     np_btl = load_reward_model(REWARD_DIR / "np_btl")
@@ -204,6 +208,8 @@ STAGES = {
     "corpus": (CorpusConfig, build_corpus, corpus.CORPUS.is_file),
     "reward": (RewardTrainConfig, train_reward, lambda: has_checkpoints(REWARD_DIR, REWARD_MODELS)),
     "policy": (PolicyTrainConfig, train_policy, lambda: has_checkpoints(CHECKPOINTS, ["policy"])),
+    "policy_mixed": (lambda: PolicyTrainConfig(conditioned=False), train_policy,
+                     lambda: has_checkpoints(CHECKPOINTS, ["policy_mixed"])),
 }
 
 

@@ -59,3 +59,12 @@ def text_bank(n_prompts: int = 6, splits=("train",)):
                 attributes=attributes.score_many([r["response"] for r in records]), pairs=torch.tensor(pairs),
                 pair_split=np.array(pair_split), mean=torch.zeros(8), std=torch.ones(8),
                 meta={"corpus_sha256": "test"}, records=records)
+
+
+@pytest.fixture(scope="session")
+def live_app():
+    """One real `python app.py` (default model, shipped checkpoints) for the end-to-end tests."""
+    from npdemo.server import running_app
+
+    with running_app() as url:
+        yield url

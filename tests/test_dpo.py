@@ -46,3 +46,38 @@ def test_one_training_run_moves_only_lora_and_film(tmp_path, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(film_before, policy.film.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(enc_before, encoder.parameters()))
     assert list(tmp_path.glob("dpo/ref-*.pt"))  # the reference log-probs were cached
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(dpo, "CACHE", tmp_path)
+    cfg = dpo.DPOConfig(steps=4, users=2, k_max=2, lr=1e-2)
+
+    def run(fail_at: int | None = None):
+        torch.manual_seed(0)
+        policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+        encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
+        calls = {"n": 0}
+        real = dpo.dpo_loss
+
+        def loss(*args):  # called once per training step
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        monkeypatch.setattr(dpo, "dpo_loss", loss)
+        log = dpo.train_dpo(policy, encoder, text_bank(), cfg, ref_key="test", log_every=1, save_every=2)
+        return log, [p.detach().clone() for p in policy.film.parameters()], calls["n"]
+
+    log_once, film_once, _ = run()
+    try:
+        run(fail_at=4)  # dies in step 4, after the state of step 2 was saved
+    except KeyboardInterrupt:
+        pass
+    assert list(tmp_path.glob("dpo/run-*.pt"))
+    log_resumed, film_resumed, steps_run = run()
+    assert steps_run == 2  # steps 3 and 4 only: it resumed rather than starting over
+    assert [e["step"] for e in log_resumed] == [1, 2, 3, 4]
+    assert np.allclose([e["loss"] for e in log_resumed], [e["loss"] for e in log_once])
+    assert all(torch.allclose(a, b) for a, b in zip(film_once, film_resumed))
+    assert not list(tmp_path.glob("dpo/run-*.pt"))  # a finished run leaves no state behind

@@ -180,3 +180,20 @@ def test_sequence_logprob_sums_response_tokens_only():
     mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
     expected = torch.tensor([math.log(0.25) + math.log(0.1), math.log(0.4) + math.log(0.25)])
     torch.testing.assert_close(sequence_logprob(logits, ids, mask), expected)
+
+
+@pytest.mark.parametrize("decoder", ["mlp", "bilinear"])
+def test_np_btl_decoders_shapes_loss_and_dropout(decoder):
+    torch.manual_seed(0)
+    cfg = RewardConfig(kind="np", d=D, hidden=16, decoder=decoder, input_dropout=0.5,
+                       encoder=EncoderConfig(d=D, hidden=16, latent=8, latent_kind="gaussian"))
+    model = build_reward_model(cfg)
+    ep = episodes()
+    assert model(ep).shape == (4, 6) and model(ep, n_z=5).shape == (5, 4, 6)
+    assert model.rewards(torch.randn(4, 7, D), torch.randn(4, 8)).shape == (4, 7)
+    model.train()
+    assert torch.isfinite(model.loss(ep)) and model.loss(ep) != model.loss(ep)  # dropout is on in training
+    model.eval()
+    assert torch.equal(model(ep), model(ep))  # no dropout at prediction time
+    with pytest.raises(ValueError, match="decoder"):
+        RewardConfig(kind="np", d=D, decoder="cubic", encoder=EncoderConfig(d=D))

@@ -58,6 +58,20 @@ def test_each_row_gets_its_own_latent(policy):
     assert policy.generate(prompts, None, GREEDY) != alone  # the latent changes the text
 
 
+def test_one_batch_streams_steered_and_base_rows_side_by_side(policy):
+    perturb(policy)
+    z = torch.randn(1, 8) * 3
+    prompt = "How do I boil an egg?"
+    steps = list(policy.stream_rows([prompt, prompt], [z, None], GREEDY))
+    assert len(steps) > 1 and all(len(texts) == 2 for texts in steps)  # streamed step by step, both rows
+    assert steps[-1] == [list(policy.stream(prompt, z, GREEDY))[-1], list(policy.stream(prompt, None, GREEDY))[-1]]
+    with torch.no_grad(), policy.reference():  # the None row is the base model: no LoRA, no FiLM
+        base = policy.model.generate(policy.prompt_ids(prompt)[0], pad_token_id=policy.tokenizer.pad_token_id,
+                                     **GREEDY.generate_kwargs())
+    assert steps[-1][1] == policy.tokenizer.decode(base[0, policy.prompt_ids(prompt)[0].shape[1]:],
+                                                   skip_special_tokens=True)
+
+
 def test_concurrent_streams_never_share_a_latent(policy):
     perturb(policy)
     zs = [torch.randn(1, 8) * 3 for _ in range(2)]

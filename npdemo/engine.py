@@ -1,0 +1,213 @@
+"""The engine: everything the app, the tests and API clients do, on one object.
+
+One labelled context -> one z (the NP context encoder shipped with the policy) -> both the simplex position
+(the NP-BTL reward decoder read off by the locator) and the steered generation (FiLM). The engine holds only
+shared, read-only things (models, bank); everything user-specific lives in a `Session` the caller keeps.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import attributes, base_model, checkpoints
+from .acquisition import next_pair
+from .attributes import ATTRIBUTES
+from .embeddings import Bank, features_like_bank, load_bank
+from .policy import ConditionalPolicy, Sampling, load_policy
+from .reward import NPBTL, load_reward_model
+from .session import ORDERS, Session
+from .simplex import BayesPosterior, Locator, to_simplex
+from .steering import in_context_prompt
+from .train import POLICY_DIR, REWARD_DIR
+
+CLOUD_SAMPLES = 48      # z samples drawn for the uncertainty cloud
+POINT_PAIRS = 10        # pairs the idealised user behind a preset point labels (the encoder's training range)
+
+
+@dataclass
+class Position:
+    """Where a session sits on the simplex (concise, structured, warm)."""
+    w: np.ndarray                 # (3,) NP estimate: the locator applied to the latent mean
+    cloud: np.ndarray             # (S, 3) locator applied to z ~ q(z | context)
+    bayes: np.ndarray             # (3,) exact grid posterior mean given the same labels
+    bayes_grid: np.ndarray        # (G, 3) grid points
+    bayes_post: np.ndarray        # (G,) their posterior mass
+    k: int                        # labelled pairs
+    source: str                   # "labels", "target" or "prior"
+
+    def summary(self) -> str:
+        """A sentence for screen readers and the text panel."""
+        parts = ", ".join(f"{a} {v:.0%}" for a, v in zip(ATTRIBUTES, self.w))
+        lead = ATTRIBUTES[int(np.argmax(self.w))]
+        what = {"labels": f"from {self.k} labelled pair{'s' * (self.k != 1)}", "target": "from the point you set",
+                "prior": "before any labels (the average user)"}[self.source]
+        spread = float(np.abs(self.cloud - self.cloud.mean(0)).sum(1).mean())
+        return (f"Estimate {what}: {parts}. Leaning most towards {lead}. "
+                f"Uncertainty (mean L1 spread of the NP cloud): {spread:.2f}. "
+                f"Exact Bayes posterior mean: " + ", ".join(f"{a} {v:.0%}" for a, v in zip(ATTRIBUTES, self.bayes)) + ".")
+
+
+class Engine:
+    """Models and bank shared by all sessions; every method takes the caller's Session."""
+
+    def __init__(self, policy: ConditionalPolicy, encoder, reward: NPBTL, bank: Bank, checkpoint: str,
+                 pool: np.ndarray | None = None):
+        self.policy, self.encoder, self.reward, self.bank = policy, encoder, reward, bank
+        reward.encoder = encoder  # one context -> one z: the decoder reads the policy's encoder (same weights
+        #                           as NP-BTL's unless the encoder was fine-tuned with the policy)
+        self.checkpoint = checkpoint  # hash of the policy manifest: stamps exported profiles
+        self.pool = np.arange(len(bank.pairs)) if pool is None else pool
+        self.locator = Locator(reward, bank)
+        self.bayes = BayesPosterior()
+        self._point_latents: dict[tuple[float, ...], torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, model: str | None = None, quant: str = "auto", policy_dir: Path = POLICY_DIR,
+             reward_dir: Path = REWARD_DIR / "np_btl") -> "Engine":
+        """The default model and the shipped checkpoints (refused if they belong to another base model)."""
+        bank = load_bank()
+        lm = base_model.load(model, quant=quant)
+        bank.check_model(lm)
+        policy, encoder = load_policy(policy_dir, lm)
+        reward = load_reward_model(reward_dir)
+        manifest = Path(policy_dir) / checkpoints.MANIFEST
+        return cls(policy, encoder, reward, bank, hashlib.sha256(manifest.read_bytes()).hexdigest())
+
+    # ----- teach: pairs and labels -----------------------------------------------------------------------
+
+    def pair_text(self, pair: int) -> dict[str, str]:
+        a, b = self.bank.pairs[pair].tolist()
+        return {"prompt": self.bank.records[a]["prompt"], "a": self.bank.records[a]["response"],
+                "b": self.bank.records[b]["response"]}
+
+    def next_pair(self, session: Session) -> int | None:
+        """Choose the pair to show next (informative or random order) and put it on screen."""
+        if session.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {session.order!r}")
+        rng = np.random.default_rng([session.seed, len(session.labels), len(session.skipped)])
+        ctx, mask = self.bank.context(session.labels)
+        session.current = next_pair(self.reward, self.bank.features, self.bank.pairs, self.pool,
+                                    session.seen(), ctx, mask, rng, session.order)
+        return session.current
+
+    def label(self, session: Session, choice: str) -> None:
+        """Record "a", "b" or "skip" for the pair on screen, update the trajectory, and show the next pair."""
+        if session.current is None:
+            raise ValueError("there is no pair on screen to label")
+        if choice == "skip":
+            session.skipped.append(session.current)
+        elif choice in ("a", "b"):
+            session.label(session.current, choice == "a")
+            session.trail.append(self.estimate(session.labels))
+        else:
+            raise ValueError(f"choice must be 'a', 'b' or 'skip', got {choice!r}")
+        self.next_pair(session)
+
+    def undo(self, session: Session) -> None:
+        """Take back the last label and show its pair again."""
+        pair = session.undo()
+        if pair is not None:
+            session.current = pair
+
+    # ----- where the user is -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def latent(self, session: Session) -> torch.Tensor:
+        """z (1, Z): from the labels; else from the preset point; else the prior (empty context)."""
+        if not session.labels and session.target is not None:
+            return self.latent_for_point(np.asarray(session.target, dtype=float))
+        return self.encoder.latent(*self.bank.context(session.labels))
+
+    @torch.no_grad()
+    def latent_for_point(self, w: np.ndarray) -> torch.Tensor:
+        """A target point as a latent: the noise-free simulated user at w labels the POINT_PAIRS bank pairs it
+        feels most strongly about, and the encoder reads that context (so the point means what labels mean)."""
+        w = to_simplex(np.clip(np.asarray(w, dtype=float), 0, None))
+        key = tuple(np.round(w, 3))
+        if key not in self._point_latents:
+            pairs = self.bank.pairs.numpy()[self.pool]
+            gap = (self.bank.attributes[pairs[:, 0]] - self.bank.attributes[pairs[:, 1]]) @ w
+            strongest = np.argsort(-np.abs(gap), kind="stable")[:POINT_PAIRS]
+            labels = [(int(self.pool[i]), int(gap[i] > 0)) for i in strongest]
+            self._point_latents[key] = self.encoder.latent(*self.bank.context(labels))
+        return self._point_latents[key]
+
+    @torch.no_grad()
+    def estimate(self, labels: list[tuple[int, int]]) -> list[float]:
+        """The NP simplex estimate (latent mean through the locator) from these labels: a trajectory point."""
+        return self.locator(self.encoder.latent(*self.bank.context(labels)))[0].round(4).tolist()
+
+    @torch.no_grad()
+    def position(self, session: Session) -> Position:
+        """NP estimate, NP cloud and exact Bayes posterior for the session's labels (or preset point)."""
+        if not session.labels and session.target is not None:
+            z = self.latent_for_point(np.asarray(session.target, dtype=float))
+            w, cloud, source = self.locator(z)[0], self.locator(z)[None, 0], "target"
+        else:
+            ctx, mask = self.bank.context(session.labels)
+            q = self.encoder(ctx, mask)
+            w = self.locator(q.mean)[0]
+            cloud = self.locator(q.sample((CLOUD_SAMPLES,)))[:, 0]
+            source = "labels" if session.labels else "prior"
+        labelled = np.ones((1, len(session.labels)), dtype=bool)
+        post = self.bayes.posterior(self.bank.attribute_diffs(session.labels), labelled)[0]
+        return Position(w=w, cloud=cloud, bayes=post @ self.bayes.grid, bayes_grid=self.bayes.grid,
+                        bayes_post=post, k=len(session.labels), source=source)
+
+    # ----- generate --------------------------------------------------------------------------------------
+
+    def prompt_note(self, prompt: str) -> str | None:
+        """Why the prompt cannot be used as typed (cut to the context window), or None; raises if empty."""
+        return self.policy.prompt_ids(prompt)[1]
+
+    def in_context_prompt(self, session: Session, prompt: str) -> str:
+        """The in-context baseline's prompt: the session's labelled pairs (the most recent that fit) + prompt."""
+        labels = list(session.labels)
+        limit = getattr(self.policy.lm.model.config, "max_position_embeddings", 2048) // 2
+        while True:
+            rows = self.bank.oriented(labels)
+            text = in_context_prompt(self.bank, rows[:, 0], rows[:, 1], prompt)
+            if not labels or len(self.policy.tokenizer(text)["input_ids"]) <= limit:
+                return text
+            labels = labels[1:]
+
+    def stream(self, session: Session, prompt: str, sampling: Sampling, in_context: bool = False
+               ) -> Iterator[dict[str, str]]:
+        """Stream {"steered", "base"[, "in_context"]} side by side from one batched call."""
+        prompts, zs, names = [prompt, prompt], [self.latent(session), None], ["steered", "base"]
+        if in_context:
+            prompts.append(self.in_context_prompt(session, prompt))
+            zs.append(None)
+            names.append("in_context")
+        for texts in self.policy.stream_rows(prompts, zs, sampling):
+            yield dict(zip(names, texts))
+
+    @torch.no_grad()
+    def score(self, session: Session, prompt: str, texts: dict[str, str]) -> dict[str, dict[str, float]]:
+        """Attribute scores of each output and its reward under the session's latent (comparable within a prompt)."""
+        names = [n for n, t in texts.items() if t.strip()]
+        if not names:
+            return {}
+        with self.policy.lock, self.policy.reference():  # embed with the base model; no generation meanwhile
+            feats = features_like_bank(self.policy.lm, self.bank, [prompt] * len(names), [texts[n] for n in names])
+        r = self.reward.rewards(feats[None], self.latent(session))[0]
+        return {n: {**dict(zip(ATTRIBUTES, attributes.score(texts[n]).round(3).tolist())),
+                    "reward": round(float(r[i]), 3)} for i, n in enumerate(names)}
+
+    # ----- profiles --------------------------------------------------------------------------------------
+
+    def export_profile(self, session: Session) -> str:
+        return session.to_json(self.checkpoint, self.policy.lm.name, self.latent(session)[0].tolist())
+
+    def import_profile(self, text: str | bytes) -> Session:
+        """A session from a profile; refused (ProfileError) when malformed or made with another checkpoint."""
+        session = Session.from_json(text, self.checkpoint, len(self.bank.pairs))
+        for i in range(len(session.labels)):
+            session.trail.append(self.estimate(session.labels[:i + 1]))
+        self.next_pair(session)
+        return session
