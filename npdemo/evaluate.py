@@ -127,6 +127,19 @@ def simplex_figure(w_true: np.ndarray, w_np: np.ndarray, w_bayes: np.ndarray, k:
     return fig
 
 
+def attribute_probe(bank, alpha: float = 0.1) -> np.ndarray:
+    """Attributes of every bank response as read linearly from its features (ridge fit on train prompts).
+
+    With the true w this is the "feature oracle": the ceiling of any reward that is linear in these features,
+    however well the user is known. It separates what the features allow from what the NP learns.
+    """
+    train = np.array([r["split"] == "train" for r in bank.records])
+    x, y = bank.features.numpy().astype(np.float64), bank.attributes
+    a = x[train]
+    coef = np.linalg.solve(a.T @ a + alpha * len(a) * np.eye(x.shape[1]), a.T @ (y[train] - y[train].mean(0)))
+    return x @ coef + y[train].mean(0)
+
+
 def evaluate_reward(n_users: int, seed: int) -> dict:
     from . import users
     from .embeddings import load_bank
@@ -137,7 +150,8 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     np_model, btl = load_reward_model(REWARD_DIR / "np_btl"), load_reward_model(REWARD_DIR / "btl_mixed")
     locate, bayes = Locator(np_model, bank), BayesPosterior()
     rng = np.random.default_rng(seed)
-    columns = ["oracle", "bayes_posterior", "np_btl", "btl_mixed"]
+    columns = ["oracle", "bayes_posterior", "feature_oracle", "np_btl", "btl_mixed"]
+    probe = attribute_probe(bank)
     acc, simplex_err, out = {}, {}, {"task": "reward", "n_users": n_users, "seed": seed, "accuracy": {},
                                       "simplex_l1": {}}
     for k in KS:
@@ -145,7 +159,10 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
         ctx_diff, tgt_diff = attribute_diffs(bank, ep)
         post = bayes.posterior(ctx_diff, ep.tgt_in_ctx.numpy())
         preds = {"oracle": users.choice_prob(w[:, None], tgt_diff, 0 * tgt_diff),
-                 "bayes_posterior": bayes.predictive(post, tgt_diff), "np_btl": predict(np_model, ep),
+                 "bayes_posterior": bayes.predictive(post, tgt_diff),
+                 "feature_oracle": users.choice_prob(w[:, None], *probe[bank.pairs.numpy()[ep.tgt_pair.numpy()]]
+                                                     .transpose(2, 0, 1, 3)),
+                 "np_btl": predict(np_model, ep),
                  "btl_mixed": predict(btl, ep)}
         per_user = {name: heldout_accuracy(p, ep) for name, p in preds.items()}
         with torch.no_grad():

@@ -30,7 +30,7 @@ class SteeringConfig:
     targets: int = 4            # scored target pairs per user (outside its context)
     prompts: int = 50           # test prompts generated for per steering user
     context: int = 10           # labelled pairs of each steering user
-    new_tokens: int = 96
+    new_tokens: int = 64
     beta: float = 0.1           # the DPO beta the policy was trained with
     seed: int = 1234
 

