@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,29 @@ def time_decode(policy: ConditionalPolicy, z: torch.Tensor | None, n: int) -> fl
     return n / (time.perf_counter() - start)
 
 
+def time_concurrent(policy: ConditionalPolicy, z: torch.Tensor, users: int, n: int) -> dict[str, float]:
+    """`users` visitors stream n tokens each at the same moment (as in the app: served one after another under
+    the policy lock): their median and worst time to first text, and the total tokens/s."""
+    ttft, done = [0.0] * users, threading.Barrier(users + 1)
+
+    def visitor(i: int) -> None:
+        done.wait()
+        start = time.perf_counter()
+        for j, _ in enumerate(policy.stream(PROMPT, z, Sampling(max_new_tokens=n, greedy=True))):
+            if j == 0:
+                ttft[i] = time.perf_counter() - start
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(users)]
+    for t in threads:
+        t.start()
+    done.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"ttft_p50_s": statistics.median(ttft), "ttft_max_s": max(ttft), "total_tok_s": users * n / wall}
+
+
 def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int, latent: int) -> dict:
     start = time.perf_counter()
     lm = base_model.load(model, quant=quant)
@@ -73,6 +97,7 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(policy, zz) for _ in range(repeats))
         out[f"tok_s_{name}"] = statistics.median(time_decode(policy, zz, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
+    out["concurrent_4"] = time_concurrent(policy, z, 4, new_tokens)
     out.update(memory_mb())  # the peak covers this process so far
     policy.hooks.remove()
     return out
@@ -123,6 +148,11 @@ def run_speed(args: argparse.Namespace) -> dict:
         print(f"| {r['quant']} | {r['load_s']:.1f} | {r['ttft_s_unsteered']:.2f} / {r['ttft_s_steered']:.2f} | "
               f"{r['tok_s_unsteered']:.1f} / {r['tok_s_steered']:.1f} | {100 * r['film_overhead']:+.1f} % | "
               f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print("| precision | 4 concurrent users: TTFT p50 / worst s | total tok/s |")
+    print("|---|---|---|")
+    for r in rows:
+        c = r["concurrent_4"]
+        print(f"| {r['quant']} | {c['ttft_p50_s']:.2f} / {c['ttft_max_s']:.2f} | {c['total_tok_s']:.1f} |")
     ratio = rows[0]["tok_s_steered"] / rows[1]["tok_s_steered"]
     print(f"NF4 / bf16 steered tok/s: {ratio:.2f}x; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
     return {"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,

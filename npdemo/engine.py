@@ -74,6 +74,8 @@ class Engine:
         lm = base_model.load(model, quant=quant)
         bank.check_model(lm)
         policy, encoder = load_policy(policy_dir, lm)
+        if encoder is None:
+            raise checkpoints.CheckpointError(f"{policy_dir} is an unconditioned policy (no FiLM): it cannot steer")
         reward = load_reward_model(reward_dir)
         manifest = Path(policy_dir) / checkpoints.MANIFEST
         return cls(policy, encoder, reward, bank, hashlib.sha256(manifest.read_bytes()).hexdigest())

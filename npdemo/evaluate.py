@@ -192,8 +192,11 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     return out
 
 
-def evaluate_policy(n_users: int, seed: int) -> dict:
-    """NP-DPO vs DPO-mixed implicit-reward accuracy by k and group; steering, in-context baseline, z-swap."""
+def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed") -> dict:
+    """NP-DPO vs DPO-mixed implicit-reward accuracy by k and group; steering, in-context baseline, z-swap.
+
+    `models` picks which checkpoints to score (steering needs np_dpo); each model's numbers do not depend on
+    the other's, so the two can be evaluated in separate runs."""
     from . import base_model
     from .embeddings import load_bank
     from .policy import load_policy
@@ -202,12 +205,17 @@ def evaluate_policy(n_users: int, seed: int) -> dict:
 
     bank = load_bank()
     policies, train_cfg = {}, None
+    chosen = models.split(",")
+    if not chosen or set(chosen) - {"np_dpo", "dpo_mixed"}:
+        raise SystemExit(f"--models takes np_dpo and/or dpo_mixed, got {models!r}")
     for name, directory in (("np_dpo", POLICY_DIR), ("dpo_mixed", POLICY_MIXED_DIR)):
+        if name not in chosen:
+            continue
         train_cfg = checkpoints.read_manifest(directory, "policy")["train"]
         lm = base_model.load(train_cfg.get("model") or None, quant=train_cfg["quant"])  # peft wraps in place
         bank.check_model(lm)
         pol, enc = load_policy(directory, lm)
-        policies[name] = (pol, enc if train_cfg["conditioned"] else None)
+        policies[name] = (pol, enc)  # enc is None for the unconditioned DPO-mixed policy
     cfg = SteeringConfig(users_per_k=n_users, beta=train_cfg["beta"], seed=seed)
     table = implicit_reward_table(policies, bank, cfg, train_cfg["max_tokens"])
     from .users import GROUPS
@@ -220,6 +228,10 @@ def evaluate_policy(n_users: int, seed: int) -> dict:
             row = by_k[k]
             print(f"| {name} | {k} | {100 * row['all']:.1f} | " + " | ".join(f"{100 * row[g]:.1f}" for g in GROUPS)
                   + " |")
+    out = {"task": "policy", "users_per_k": n_users,
+           "implicit_reward_accuracy": {n: {str(k): v for k, v in t.items()} for n, t in table.items()}}
+    if "np_dpo" not in policies:
+        return out
     steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed))
     print(f"\nSteering on {steer['prompts']} test prompts (greedy). Base attributes {steer['base']}")
     print("| user | NP-DPO attributes | NP-DPO win-rate vs base | in-context attributes | in-context win-rate |")
@@ -228,8 +240,7 @@ def evaluate_policy(n_users: int, seed: int) -> dict:
         print(f"| {name} | {u['np_dpo_attributes']} | {u['np_dpo_win_rate']:.2f} | {u['in_context_attributes']} | "
               f"{u['in_context_win_rate']:.2f} |")
     print(f"z-swap: {steer['z_swap']}")
-    return {"task": "policy", "implicit_reward_accuracy": {n: {str(k): v for k, v in t.items()} for n, t in
-                                                             table.items()}, "steering": steer}
+    return {**out, "steering": steer}
 
 
 @torch.no_grad()
@@ -297,8 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--html", type=Path, default=None, help="write the figure here (default runs/<task>.html)")
     ap.add_argument("--users", type=int, default=2000, help="test users per context size")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--models", default="np_dpo,dpo_mixed", help="policy: which checkpoints to evaluate")
     args = ap.parse_args(argv)
-    out = TASKS[args.task](args.users, args.seed)
+    out = (evaluate_policy(args.users, args.seed, args.models) if args.task == "policy"
+           else TASKS[args.task](args.users, args.seed))
     fig = out.pop("figure", None)
     json_path = args.json or RUNS / f"{args.task}.json"
     html_path = args.html or RUNS / f"{args.task}.html"

@@ -124,16 +124,18 @@ class ConditionalPolicy:
                                                   add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"], note
 
-    def _modulation(self, zs: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def _modulation(self, zs: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
         """Per-row FiLM (gamma, beta) and peft adapter names: a None row is the base model (no FiLM, no LoRA)."""
+        adapters = ["__base__" if z is None else "default" for z in zs]
+        if all(z is None for z in zs):
+            return None, None, adapters  # nothing to modulate: the hooks stay idle
         config = self.lm.model.config
         gamma = torch.ones(len(zs), config.num_hidden_layers, config.hidden_size, device=self.lm.device)
         beta = torch.zeros_like(gamma)
         steered = [i for i, z in enumerate(zs) if z is not None]
-        if steered:
-            z = torch.cat([zs[i].reshape(1, -1) for i in steered])
-            gamma[steered], beta[steered] = self.film(z.to(self.lm.device))
-        return gamma, beta, ["__base__" if z is None else "default" for z in zs]
+        z = torch.cat([zs[i].reshape(1, -1) for i in steered])
+        gamma[steered], beta[steered] = self.film(z.to(self.lm.device))
+        return gamma, beta, adapters
 
     def _batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded chat-formatted prompt ids and attention mask."""
@@ -237,21 +239,28 @@ class _RowStreamer(BaseStreamer):
             yield texts
 
 
-def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, **extra) -> Path:
-    """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash."""
+def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
+                **extra) -> Path:
+    """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash.
+
+    An unconditioned policy (the DPO-mixed baseline) never used FiLM or the encoder: only its LoRA is saved."""
     from peft import get_peft_model_state_dict
 
     config = policy.lm.model.config
     base = {"name": policy.lm.name, "fingerprint": fingerprint(policy.lm.model), "hidden_size": config.hidden_size,
             "layers": config.num_hidden_layers}
-    return checkpoints.save(directory, {"lora": get_peft_model_state_dict(policy.model), "film": policy.film,
-                                        "encoder": encoder}, kind="policy",
+    modules = {"lora": get_peft_model_state_dict(policy.model)}
+    if conditioned:
+        modules |= {"film": policy.film, "encoder": encoder}
+    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned,
                             config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
                             **extra)
 
 
-def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder]:
-    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights is refused."""
+def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder | None]:
+    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights is refused.
+
+    Returns the policy and its context encoder (None for an unconditioned policy, whose FiLM stays identity)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     manifest = checkpoints.read_manifest(directory, "policy")
@@ -261,9 +270,11 @@ def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, Co
             f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
             f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
     policy = ConditionalPolicy(lm, PolicyConfig(**manifest["config"]["policy"]))
-    encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
     lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
     set_peft_model_state_dict(policy.model, lora)
+    if not manifest.get("conditioned", True):
+        return policy, None
+    encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
     checkpoints.load_into(directory, "film", policy.film)
     checkpoints.load_into(directory, "encoder", encoder)
     return policy, encoder.eval()

@@ -199,7 +199,7 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     start = time.time()
     log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=dpo.reference_key(lm, bank, cfg.max_tokens))
     path = policy.save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
-                              train=asdict(cfg), log=log, bank=bank.meta, train_seconds=round(time.time() - start, 1))
+                              conditioned=cfg.conditioned, train=asdict(cfg), log=log, bank=bank.meta, train_seconds=round(time.time() - start, 1))
     return [str(path.parent)]
 
 

@@ -141,6 +141,12 @@ def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
         other.model.get_input_embeddings().weight.add_(0.01)  # other base weights
     with pytest.raises(checkpoints.CheckpointError, match="was trained on"):
         load_policy(tmp_path, other)
+    save_policy(pol, encoder, tmp_path / "mixed", conditioned=False)  # the DPO-mixed baseline: LoRA only
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["lora.safetensors", "manifest.json"]
+    mixed, no_encoder = load_policy(tmp_path / "mixed", make_tiny_lm())
+    with torch.no_grad(), pol.conditioned(None), mixed.conditioned(None):
+        torch.testing.assert_close(mixed.model(ids).logits, pol.model(ids).logits)
+    assert no_encoder is None and all((p == 0).all() for p in mixed.film.parameters())  # FiLM stays identity
 
 
 def test_nf4_base_with_lora_and_film(tmp_path):
