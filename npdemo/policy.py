@@ -151,7 +151,8 @@ class ConditionalPolicy:
     def generate(self, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
         """Batched generation, row i conditioned on z[i]; z = None: the unsteered base model for every row."""
         texts: list[str] = []
-        for texts in self.stream_rows(prompts, [None] * len(prompts) if z is None else list(z), sampling):
+        zs = [None] * len(prompts) if z is None else list(z)
+        for texts in self.stream_rows(prompts, zs, sampling, stall_s=None):  # a long batched prefill is no stall
             pass
         return texts
 
@@ -160,12 +161,13 @@ class ConditionalPolicy:
         for texts in self.stream_rows([prompt], [z], sampling):
             yield texts[0]
 
-    def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling
-                    ) -> Iterator[list[str]]:
+    def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
+                    stall_s: float | None = 120.0) -> Iterator[list[str]]:
         """One batched generate call, row i steered by zs[i] (None: base); yields every row's text so far.
 
         Runs in a worker thread under the policy lock; an error inside generation is raised here, a consumer
-        that stops early cancels the generation, and nothing ever waits forever.
+        that stops early cancels the generation, and a stream with no new text for stall_s seconds is an error
+        (the worker always ends the stream, so stall_s = None cannot hang either).
         """
         sampling.check()
         if len(prompts) != len(zs) or not prompts:
@@ -175,7 +177,7 @@ class ConditionalPolicy:
                 raise ValueError(f"z must have shape ({self.cfg.latent},) or (1, {self.cfg.latent}), "
                                  f"got {tuple(z.shape)}")
         ids, mask = self._batch(prompts)
-        streamer = _RowStreamer(self.tokenizer, len(prompts), self.lm.model.generation_config.eos_token_id)
+        streamer = _RowStreamer(self.tokenizer, len(prompts), self.lm.model.generation_config.eos_token_id, stall_s)
         cancelled, errors = threading.Event(), []
 
         def run() -> None:
@@ -206,7 +208,7 @@ class ConditionalPolicy:
 class _RowStreamer(BaseStreamer):
     """Collects the new tokens of each row of a batched `generate`; iterating yields all rows' text so far."""
 
-    def __init__(self, tokenizer, rows: int, eos: int | list[int] | None, timeout: float = 120.0):
+    def __init__(self, tokenizer, rows: int, eos: int | list[int] | None, timeout: float | None):
         self.tokenizer, self.timeout = tokenizer, timeout
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -233,7 +235,7 @@ class _RowStreamer(BaseStreamer):
             try:
                 texts = self.queue.get(timeout=self.timeout)
             except queue.Empty:
-                raise RuntimeError(f"generation stalled: no new token for {self.timeout:.0f} s") from None
+                raise RuntimeError(f"generation stalled: no new text for {self.timeout:.0f} s") from None
             if texts is None:
                 return
             yield texts
