@@ -11,8 +11,9 @@ GOAL = 10  # labels a visitor is asked for
 
 
 def _ternary(w: np.ndarray, **kwargs) -> go.Scatterternary:
-    w = np.atleast_2d(w)
-    return go.Scatterternary(a=w[:, 0], b=w[:, 1], c=w[:, 2], **kwargs)
+    w = np.atleast_2d(w).round(4)
+    # plain lists: the figure JSON stays readable by API clients (numpy arrays become base64 typed arrays)
+    return go.Scatterternary(a=w[:, 0].tolist(), b=w[:, 1].tolist(), c=w[:, 2].tolist(), **kwargs)
 
 
 def simplex_figure(pos: Position, trail: list[list[float]], show_bayes: bool = False) -> go.Figure:
