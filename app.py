@@ -218,9 +218,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = ap.parse_args()
     engine = Engine.load(args.model, quant=args.quant, policy_dir=args.policy)
-    demo = build_demo(engine)
-    demo.queue(max_size=128).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(),
-                                    css=".gradio-container {max-width: 1400px !important}")
+    serve(build_demo(engine), args.host, args.port)
+
+
+def serve(demo: gr.Blocks, host: str, port: int | None, **launch) -> None:
+    """Queue (bounded) and launch; show_error: a malformed API call gets its reason back, not a generic error."""
+    demo.queue(max_size=128).launch(server_name=host, server_port=port, show_error=True, theme=gr.themes.Soft(),
+                                    css=".gradio-container {max-width: 1400px !important}", **launch)
 
 
 if __name__ == "__main__":
