@@ -86,13 +86,15 @@ class LoadedModel:
         return f"{self.name} ({self.quant} on {self.device}, from {self.source})"
 
 
-def load(model: str | None = None, quant: str = "auto") -> LoadedModel:
-    """Load tokenizer and causal LM in eval mode; quant "auto" = NF4 where it works, else bf16."""
+def load(model: str | None = None, quant: str = "auto", device: str | None = None) -> LoadedModel:
+    """Load tokenizer and causal LM in eval mode; quant "auto" = NF4 where it works, else bf16.
+
+    device defaults to the GPU where there is one, else the CPU (a data-parallel rank passes its own GPU)."""
     if quant not in QUANTS:
         raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     name, source = model_name(model), resolve(model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quant == "auto":
         quant = "nf4" if nf4_available() else "bf16"
     kwargs: dict = {"dtype": torch.float32 if quant == "fp32" else torch.bfloat16, "device_map": device}

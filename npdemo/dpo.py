@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .config import CACHE
+from . import distributed
 from .context_encoder import ContextEncoder
 from .embeddings import Bank
 from .losses import dpo_loss, sequence_logprob
@@ -29,9 +30,11 @@ class DPOConfig:
     steps: int = 240            # optimiser steps (about 30 min on a 2-core CPU in fp32)
     users: int = 4              # simulated users per step, each with its own latent
     pairs_per_user: int = 1     # target pairs per user per step (2 sequences each)
+    target_candidates: int = 6  # candidate target pairs per user; it trains on its clearest (largest |r_w gap|)
     k_max: int = 6              # context sizes 0..k_max, as in the paper's DPO runs
     beta: float = 0.1           # DPO beta
     lr: float = 5e-4            # LoRA + FiLM learning rate (constant)
+    max_grad_norm: float = 1.0  # gradient clipping, as in trl's DPO trainer
     max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
     conditioned: bool = True    # False: the DPO-mixed baseline, same data and steps but no latent (FiLM off)
     train_encoder: bool = False  # fine-tune the NP context encoder with the policy (frozen by default)
@@ -113,15 +116,22 @@ def split_rows(bank: Bank, split: str) -> np.ndarray:
 
 
 def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator):
-    """Users with contexts (for z) and target pairs outside the context, oriented [chosen, rejected] rows."""
-    T = cfg.k_max + cfg.pairs_per_user
+    """Users with contexts (for z) and target pairs outside the context, oriented [chosen, rejected] rows.
+
+    Each user draws `target_candidates` target pairs after its context and keeps the `pairs_per_user` it feels most
+    strongly about (largest true reward gap; the label is still its BTL choice): a random pair of a 3-attribute
+    user is often a near tie, which teaches the policy nothing about that user.
+    """
+    T = cfg.k_max + cfg.target_candidates
     k = rng.integers(0, cfg.k_max + 1, size=cfg.users)
-    ep, _, _ = sample_users(bank, "train", cfg.users, T, k, rng)
+    ep, w, _ = sample_users(bank, "train", cfg.users, T, k, rng)
     pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (U, T, 2) rows
+    gap = np.abs(((bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]) * w[:, None]).sum(-1))
     y = ep.tgt_y.numpy().astype(bool)
     chosen, rejected, user = [], [], []
     for u in range(cfg.users):
-        for t in range(k[u], k[u] + cfg.pairs_per_user):  # targets never include the context
+        after = np.arange(k[u], k[u] + cfg.target_candidates)  # targets never include the context
+        for t in after[np.argsort(-gap[u, after], kind="stable")[:cfg.pairs_per_user]]:
             a, b = pairs[u, t]
             chosen.append(a if y[u, t] else b)
             rejected.append(b if y[u, t] else a)
@@ -148,11 +158,12 @@ def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
 
 
 def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: DPOConfig, ref_key: str,
-              log_every: int = 20, save_every: int = 25) -> list[dict]:
+              log_every: int = 20, save_every: int = 25, ranks: distributed.Ranks = distributed.Ranks()) -> list[dict]:
     """Train LoRA + FiLM (LoRA only when not conditioned; the encoder too with cfg.train_encoder); returns the log.
 
     Every `save_every` steps the trainable weights, optimiser and random state go to the cache, and a run
-    started again with the same config and reference resumes there.
+    started again with the same config and reference resumes there. Under a launcher each rank trains on its
+    slice of every step's users and gradients are summed across ranks (npdemo.distributed).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -160,7 +171,12 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
     disable_cpu_weight_packing(policy.model)
     rows = encode_rows(policy, bank, cfg.max_tokens)
     used = np.unique(np.concatenate([np.concatenate([c, r]) for _, c, r, _ in batches]))
+    if not ranks.main:
+        distributed.barrier(ranks)  # rank 0 computes and caches the reference; the others then read it
     ref = reference_logprobs(policy, rows, ref_key, used)  # only the responses this run trains on
+    if ranks.main:
+        distributed.barrier(ranks)
+    mine = ranks.users(cfg.users)
     params = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.film.parameters())
     encoder.requires_grad_(cfg.train_encoder)
     if cfg.train_encoder:
@@ -183,28 +199,35 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
     encoder.train(cfg.train_encoder)
     window = []
     bar = tqdm(range(first, cfg.steps + 1), desc="NP-DPO" if cfg.conditioned else "DPO-mixed",
-               initial=first - 1, total=cfg.steps)
+               initial=first - 1, total=cfg.steps, disable=not ranks.main)
     for step in bar:
         ep, c, r, user = batches[step - 1]
         with torch.set_grad_enabled(cfg.train_encoder):
             z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), one latent per target pair
+        keep = np.isin(user, mine)  # this rank's users' pairs (all of them in one process)
+        c, r, z = c[keep], r[keep], z[torch.from_numpy(keep)]
         lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r],
-                      torch.cat([z, z]) if cfg.conditioned else None)
+                      torch.cat([z, z]).to(policy.lm.device) if cfg.conditioned else None)
         pi_c, pi_r = lp.chunk(2)
         losses, rc, rr = dpo_loss(pi_c, pi_r, ref[c].to(lp), ref[r].to(lp), cfg.beta)
         opt.zero_grad(set_to_none=True)
-        losses.mean().backward()
+        (losses.sum() / len(keep)).backward()  # the mean over the whole step's pairs, summed across ranks
+        distributed.sum_gradients(params, ranks)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
-        window.append((losses.mean().item(), (rc > rr).float().mean().item()))
+        stats = distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item()]), ranks)
+        window.append((stats / len(keep)).tolist())
         if step % log_every == 0 or step == cfg.steps:
             loss, acc = np.mean(window, axis=0)
             log.append({"step": step, "loss": float(loss), "implicit_reward_acc": float(acc)})
-            bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f}")
+            if ranks.main:
+                bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f}")
             window = []
-        if step % save_every == 0 and step < cfg.steps:
+        if ranks.main and step % save_every == 0 and step < cfg.steps:
             torch.save({"step": step, "log": log, "torch_rng": torch.get_rng_state(), "lora": [p.detach().clone() for p in lora],
                         **{name: m.state_dict() for name, m in modules.items()}}, state_path)
     policy.model.eval()
     encoder.eval().requires_grad_(False)
-    state_path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
+    if ranks.main:
+        state_path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
     return log

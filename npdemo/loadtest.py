@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from . import attributes
 from .server import running_app
@@ -31,6 +32,13 @@ class SessionResult:
     profile: str | None = None
     requests: int = 0
     errors: list[str] = field(default_factory=list)
+    bar: tqdm | None = None   # shared progress bar over all sessions' requests
+
+    def done(self) -> None:
+        """Count one finished request."""
+        self.requests += 1
+        if self.bar is not None:
+            self.bar.update()
 
 
 def estimate_of(plot: dict) -> list[float]:
@@ -47,7 +55,7 @@ def generate(client, result: SessionResult) -> None:
         for update in job:
             if first is None and update[0]:
                 first = time.perf_counter() - start
-        result.requests += 1
+        result.done()
         final = job.outputs()[-1]
         result.ttft_s.append(first if first is not None else float("nan"))
         result.texts.append((final[0], final[1]))
@@ -60,18 +68,18 @@ def run_session(url: str, w: np.ndarray, result: SessionResult) -> None:
     try:
         client = Client(url, verbose=False)
         out = client.predict("informative", False, api_name="/start")
-        result.requests += 1
+        result.done()
         for _ in range(10):
             _, a, b, shown = out[:4]
             choice = "a" if attributes.score(a) @ w >= attributes.score(b) @ w else "b"
             start = time.perf_counter()
             out = client.predict(shown, "informative", False, api_name=f"/label_{choice}")
             result.label_s.append(time.perf_counter() - start)
-            result.requests += 1
+            result.done()
         result.estimate = estimate_of(out[5])
         generate(client, result)
         result.profile = open(client.predict(api_name="/export")).read()
-        result.requests += 1
+        result.done()
     except Exception as e:  # noqa: BLE001 - counted and reported
         result.errors.append(f"{type(e).__name__}: {e}")
 
@@ -82,12 +90,22 @@ def replay_alone(url: str, profile: str, result: SessionResult) -> None:
 
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(profile)
-    out = client.predict(handle_file(f.name), False, api_name="/import_profile")
-    result.estimate = estimate_of(out[5])
-    generate(client, result)
+    try:
+        client = Client(url, verbose=False)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write(profile)
+        out = client.predict(handle_file(f.name), False, api_name="/import_profile")
+        result.done()
+        result.estimate = estimate_of(out[5])
+        generate(client, result)
+    except Exception as e:  # noqa: BLE001 - counted and reported
+        result.errors.append(f"replay: {type(e).__name__}: {e}")
+
+
+def same(shared: SessionResult, alone: SessionResult) -> bool:
+    """Did the session get the same texts and simplex estimate alone as under load?"""
+    return (alone.estimate is not None and shared.texts == alone.texts
+            and np.allclose(shared.estimate, alone.estimate, atol=1e-3))
 
 
 def percentiles(x: list[float]) -> dict[str, float]:
@@ -95,29 +113,37 @@ def percentiles(x: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "n": int(len(a))} if len(a) else {}
 
 
-def run(sessions: int = 20, seed: int = 0, app_args: tuple[str, ...] = ()) -> dict:
+def load(url: str, sessions: int, seed: int = 0) -> dict:
+    """N concurrent sessions against the app at `url`, then each replayed alone: the figures and cross-talk."""
     weights = np.random.default_rng(seed).dirichlet(np.ones(3), size=sessions)
-    with running_app(*app_args) as url:
-        results = [SessionResult() for _ in range(sessions)]
-        threads = [threading.Thread(target=run_session, args=(url, w, r)) for w, r in zip(weights, results)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        alone = [SessionResult() for _ in range(sessions)]
-        for r, a in zip(results, alone):
-            if r.profile is not None:
-                replay_alone(url, r.profile, a)
-    mismatches = [i for i, (r, a) in enumerate(zip(results, alone))
-                  if r.profile is not None and (r.texts != a.texts or
-                                                not np.allclose(r.estimate, a.estimate, atol=1e-3))]
-    out = {"sessions": sessions, "wall_s": wall, "requests": sum(r.requests for r in results),
-           "errors": [e for r in results for e in r.errors],
+    per_session = 1 + 10 + len(PROMPTS) + 1
+    bar = tqdm(total=sessions * per_session, desc=f"{sessions} concurrent sessions", unit="req")
+    results = [SessionResult(bar=bar) for _ in range(sessions)]
+    threads = [threading.Thread(target=run_session, args=(url, w, r)) for w, r in zip(weights, results)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    bar.close()
+    alone = [SessionResult() for _ in range(sessions)]
+    for r, a in tqdm(list(zip(results, alone)), desc="replaying each session alone", unit="session"):
+        if r.profile is not None:
+            replay_alone(url, r.profile, a)
+    mismatches = [i for i, (r, a) in enumerate(zip(results, alone)) if r.profile is not None and not same(r, a)]
+    return {"sessions": sessions, "wall_s": wall, "requests": sum(r.requests for r in results),
+           "errors": [e for r in results + alone for e in r.errors],
            "label_latency_s": percentiles([x for r in results for x in r.label_s]),
            "ttft_s": percentiles([x for r in results for x in r.ttft_s]),
            "cross_talk_mismatches": mismatches, "new_tokens": NEW_TOKENS, "generations_per_session": len(PROMPTS)}
+
+
+def run(sessions: int = 20, seed: int = 0, app_args: tuple[str, ...] = ()) -> dict:
+    """The load test against a fresh `python app.py`, printed as a table."""
+    with running_app(*app_args) as url:
+        out = load(url, sessions, seed)
+    wall, mismatches = out["wall_s"], out["cross_talk_mismatches"]
     print(f"\nLoad: {sessions} concurrent sessions x (10 labels + {len(PROMPTS)} generations of {NEW_TOKENS} tokens), "
           f"{wall:.0f} s wall")
     print("| requests | errors | label p50 / p95 s | TTFT p50 / p95 s | cross-talk mismatches |")

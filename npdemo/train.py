@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import attributes, base_model, checkpoints, corpus, dpo, embeddings, policy, synthetic, users
+from . import attributes, base_model, checkpoints, corpus, distributed, dpo, embeddings, policy, synthetic, users
 from .config import ASSETS, CACHE, CHECKPOINTS, apply_overrides
 from .context_encoder import EncoderConfig
 from .corpus import CorpusConfig
@@ -188,16 +188,20 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder.
 
     With conditioned=False (the policy_mixed stage) the same run trains the DPO-mixed baseline (no latent) into
-    checkpoints/policy_mixed.
+    checkpoints/policy_mixed. Under `accelerate launch` / `torchrun` the ranks share each step (data parallel).
     """
+    ranks = distributed.init()
     bank = embeddings.load_bank()
     np_btl = load_reward_model(REWARD_DIR / "np_btl")
-    lm = base_model.load(cfg.model or None, quant=cfg.quant)
+    lm = base_model.load(cfg.model or None, quant=cfg.quant, device=distributed.device(ranks))
     bank.check_model(lm)
     pol = policy.ConditionalPolicy(lm, policy.PolicyConfig(latent=np_btl.cfg.encoder.latent, lora_r=cfg.lora_r,
                                                            lora_alpha=cfg.lora_alpha))
     start = time.time()
-    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=dpo.reference_key(lm, bank, cfg.max_tokens))
+    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=dpo.reference_key(lm, bank, cfg.max_tokens),
+                        ranks=ranks)
+    if not ranks.main:
+        return []
     path = policy.save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
                               conditioned=cfg.conditioned, train=asdict(cfg), log=log, bank=bank.meta, train_seconds=round(time.time() - start, 1))
     return [str(path.parent)]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from npdemo import attributes
+from npdemo.loadtest import estimate_of
 
 TRUE_W = np.array([1.0, 0.0, 0.0])  # the concise corner
 
@@ -21,10 +22,7 @@ def client(live_app):
 
 
 def estimate(plot: dict) -> np.ndarray:
-    """The NP estimate (the star) from the ternary plot's JSON."""
-    fig = json.loads(plot["plot"])
-    star = next(t for t in fig["data"] if t.get("name") == "you (NP estimate)")
-    return np.array([star["a"][0], star["b"][0], star["c"][0]])
+    return np.array(estimate_of(plot))
 
 
 def test_labelling_moves_the_estimate_towards_the_user_and_generation_streams(client, tmp_path):

@@ -17,6 +17,23 @@ def test_targets_never_include_the_context():
     assert len(c) == 32
 
 
+def test_targets_are_the_users_clearest_pairs():
+    """The kept target has the largest true reward gap among the user's candidates after its context."""
+    bank, cfg = text_bank(), dpo.DPOConfig(users=12, pairs_per_user=1, k_max=2, target_candidates=4)
+    ep, c, r, user = dpo.dpo_step_batch(bank, cfg, np.random.default_rng(3))
+    rng = np.random.default_rng(3)  # replay the draw to recover the users' weights
+    k = rng.integers(0, cfg.k_max + 1, size=cfg.users)
+    _, w, _ = dpo.sample_users(bank, "train", cfg.users, cfg.k_max + cfg.target_candidates, k, rng)
+    kept_first = []
+    for ci, ri, u in zip(c, r, user):
+        cands = bank.pairs.numpy()[ep.tgt_pair[u, k[u]:k[u] + cfg.target_candidates].numpy()]
+        gaps = np.abs((bank.attributes[cands[:, 0]] - bank.attributes[cands[:, 1]]) @ w[u])
+        kept = [i for i, p in enumerate(cands) if set(p) == {ci, ri}]
+        assert gaps[kept[0]] == gaps.max()
+        kept_first.append(kept[0] == 0)
+    assert not all(kept_first)  # a real choice, not the first candidate every time
+
+
 def test_response_mask_covers_only_the_response():
     lm = make_tiny_lm()
     policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4))

@@ -1,0 +1,15 @@
+"""Concurrent sessions on a real `python app.py` (npdemo.loadtest, the load benchmark at a small size).
+
+Three gradio_client sessions label 10 pairs each and ask for 3 greedy generations at the same time; every
+request must succeed, and each session replayed alone (its exported profile, the same prompts) must get the
+same simplex estimate and the same texts: no cross-talk between sessions' latents.
+"""
+from npdemo import loadtest
+
+
+def test_concurrent_sessions_finish_without_errors_or_cross_talk(live_app):
+    out = loadtest.load(live_app, sessions=3, seed=1)
+    assert out["errors"] == []
+    assert out["requests"] == 3 * (1 + 10 + len(loadtest.PROMPTS) + 1)
+    assert out["cross_talk_mismatches"] == []
+    assert out["ttft_s"]["n"] == 3 * len(loadtest.PROMPTS)
