@@ -187,6 +187,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
 
         teach_out = [session, pair_md, a_box, b_box, shown, progress, plot, summary]
         cheap = dict(concurrency_limit=4, concurrency_id="teach")
+        # generations run concurrently here and the engine's batcher merges them into one batched call
+        heavy = dict(concurrency_limit=16, concurrency_id="generate")
         demo.load(start, [session, order, show_bayes], teach_out, api_name="start", **cheap)
         for button, choice in ((a_btn, "a"), (b_btn, "b"), (skip_btn, "skip")):
             button.click(labeller(choice), [shown, session, order, show_bayes], teach_out, trigger_mode="once",
@@ -198,10 +200,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
         reset_btn.click(reset, show_bayes, teach_out, api_name="reset", **cheap)
         gen = gen_btn.click(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, session],
                             [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name="generate",
-                            concurrency_limit=1, concurrency_id="generate")
+                            **heavy)
         prompt.submit(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, session],
-                      [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name=False,
-                      concurrency_limit=1, concurrency_id="generate")
+                      [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name=False, **heavy)
         stop_btn.click(None, cancels=[gen], api_name=False)
         export_btn.click(export, session, export_file, api_name="export", **cheap)
         import_btn.click(import_profile, [import_file, session, show_bayes], teach_out, api_name="import_profile",

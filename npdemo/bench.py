@@ -2,8 +2,9 @@
 `python -m npdemo.bench load [--sessions N] [--json PATH]` (concurrent sessions on a live app: loadtest.py).
 
 In one process and one run, per precision (NF4, bf16): load time, time to first streamed text, decode
-tokens/s unsteered vs FiLM-steered (every decoder layer modulated), and resident memory; plus the latency of
-encoding 10 labelled pairs into z. Ratios (FiLM overhead, NF4 vs bf16) come from the same run.
+tokens/s unsteered vs FiLM-steered (every decoder layer modulated), 4 visitors at once (one after another
+under the policy lock vs merged by the app's batcher), and resident memory; plus the latency of encoding 10
+labelled pairs into z. Ratios (FiLM overhead, NF4 vs bf16) come from the same run.
 FiLM and LoRA weights are random non-zero here: their cost does not depend on training.
 """
 from __future__ import annotations
@@ -14,10 +15,12 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
 from . import base_model
+from .batching import Batcher
 from .context_encoder import ContextEncoder, EncoderConfig
 from .policy import ConditionalPolicy, PolicyConfig, Sampling
 
@@ -61,15 +64,15 @@ def time_decode(policy: ConditionalPolicy, z: torch.Tensor | None, n: int) -> fl
     return n / (time.perf_counter() - start)
 
 
-def time_concurrent(policy: ConditionalPolicy, z: torch.Tensor, users: int, n: int) -> dict[str, float]:
-    """`users` visitors stream n tokens each at the same moment (as in the app: served one after another under
-    the policy lock): their median and worst time to first text, and the total tokens/s."""
+def time_concurrent(stream: Callable[[], Iterator], users: int, n: int) -> dict[str, float]:
+    """`users` visitors call `stream()` (n new tokens each) at the same moment: their median and worst time to
+    first text, and the total tokens/s."""
     ttft, done = [0.0] * users, threading.Barrier(users + 1)
 
     def visitor(i: int) -> None:
         done.wait()
         start = time.perf_counter()
-        for j, _ in enumerate(policy.stream(PROMPT, z, Sampling(max_new_tokens=n, greedy=True))):
+        for j, _ in enumerate(stream()):
             if j == 0:
                 ttft[i] = time.perf_counter() - start
 
@@ -97,7 +100,10 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(policy, zz) for _ in range(repeats))
         out[f"tok_s_{name}"] = statistics.median(time_decode(policy, zz, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
-    out["concurrent_4"] = time_concurrent(policy, z, 4, new_tokens)
+    sampling = Sampling(max_new_tokens=new_tokens, greedy=True)
+    batcher = Batcher(policy)  # as in the app: concurrent requests merged into one batched generate
+    out["concurrent_4_serial"] = time_concurrent(lambda: policy.stream(PROMPT, z, sampling), 4, new_tokens)
+    out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT], [z], sampling), 4, new_tokens)
     out.update(memory_mb())  # the peak covers this process so far
     policy.hooks.remove()
     return out
@@ -148,11 +154,12 @@ def run_speed(args: argparse.Namespace) -> dict:
         print(f"| {r['quant']} | {r['load_s']:.1f} | {r['ttft_s_unsteered']:.2f} / {r['ttft_s_steered']:.2f} | "
               f"{r['tok_s_unsteered']:.1f} / {r['tok_s_steered']:.1f} | {100 * r['film_overhead']:+.1f} % | "
               f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
-    print("| precision | 4 concurrent users: TTFT p50 / worst s | total tok/s |")
-    print("|---|---|---|")
+    print("| precision | 4 concurrent users | TTFT p50 / worst s | total tok/s |")
+    print("|---|---|---|---|")
     for r in rows:
-        c = r["concurrent_4"]
-        print(f"| {r['quant']} | {c['ttft_p50_s']:.2f} / {c['ttft_max_s']:.2f} | {c['total_tok_s']:.1f} |")
+        for how in ("serial", "batched"):
+            c = r[f"concurrent_4_{how}"]
+            print(f"| {r['quant']} | {how} | {c['ttft_p50_s']:.2f} / {c['ttft_max_s']:.2f} | {c['total_tok_s']:.1f} |")
     ratio = rows[0]["tok_s_steered"] / rows[1]["tok_s_steered"]
     print(f"NF4 / bf16 steered tok/s: {ratio:.2f}x; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
     return {"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,

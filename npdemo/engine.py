@@ -17,6 +17,7 @@ import torch
 from . import attributes, base_model, checkpoints
 from .acquisition import next_pair
 from .attributes import ATTRIBUTES
+from .batching import Batcher
 from .embeddings import Bank, features_like_bank, load_bank
 from .policy import ConditionalPolicy, Sampling, load_policy
 from .reward import NPBTL, load_reward_model
@@ -58,6 +59,7 @@ class Engine:
     def __init__(self, policy: ConditionalPolicy, encoder, reward: NPBTL, bank: Bank, checkpoint: str,
                  pool: np.ndarray | None = None):
         self.policy, self.encoder, self.reward, self.bank = policy, encoder, reward, bank
+        self.batcher = Batcher(policy)  # concurrent visitors' generations share one batched call
         reward.encoder = encoder  # one context -> one z: the decoder reads the policy's encoder (same weights
         #                           as NP-BTL's unless the encoder was fine-tuned with the policy)
         self.checkpoint = checkpoint  # hash of the policy manifest: stamps exported profiles
@@ -180,13 +182,14 @@ class Engine:
 
     def stream(self, session: Session, prompt: str, sampling: Sampling, in_context: bool = False
                ) -> Iterator[dict[str, str]]:
-        """Stream {"steered", "base"[, "in_context"]} side by side from one batched call."""
+        """Stream {"steered", "base"[, "in_context"]} side by side from one batched call (shared with other
+        sessions asking at the same time)."""
         prompts, zs, names = [prompt, prompt], [self.latent(session), None], ["steered", "base"]
         if in_context:
             prompts.append(self.in_context_prompt(session, prompt))
             zs.append(None)
             names.append("in_context")
-        for texts in self.policy.stream_rows(prompts, zs, sampling):
+        for texts in self.batcher.stream(prompts, zs, sampling):
             yield dict(zip(names, texts))
 
     @torch.no_grad()

@@ -112,8 +112,7 @@ class ConditionalPolicy:
 
     def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, str | None]:
         """Chat-formatted ids of one prompt, cut to fit the context window; the note says if it was cut."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty: type a question or request")
+        check_prompt(prompt)
         limit = getattr(self.lm.model.config, "max_position_embeddings", 2048) // 2
         note = None
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -161,6 +160,18 @@ class ConditionalPolicy:
         for texts in self.stream_rows([prompt], [z], sampling):
             yield texts[0]
 
+    def check_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling) -> None:
+        """Refuse bad sampling settings, a missing z, or a z of the wrong size with a clear ValueError."""
+        sampling.check()
+        for prompt in prompts:
+            check_prompt(prompt)
+        if len(prompts) != len(zs) or not prompts:
+            raise ValueError(f"need one z per prompt, got {len(prompts)} prompts and {len(zs)} latents")
+        for z in zs:
+            if z is not None and z.numel() != self.cfg.latent:
+                raise ValueError(f"z must have shape ({self.cfg.latent},) or (1, {self.cfg.latent}), "
+                                 f"got {tuple(z.shape)}")
+
     def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
                     stall_s: float | None = 120.0) -> Iterator[list[str]]:
         """One batched generate call, row i steered by zs[i] (None: base); yields every row's text so far.
@@ -169,13 +180,7 @@ class ConditionalPolicy:
         that stops early cancels the generation, and a stream with no new text for stall_s seconds is an error
         (the worker always ends the stream, so stall_s = None cannot hang either).
         """
-        sampling.check()
-        if len(prompts) != len(zs) or not prompts:
-            raise ValueError(f"need one z per prompt, got {len(prompts)} prompts and {len(zs)} latents")
-        for z in zs:
-            if z is not None and z.numel() != self.cfg.latent:
-                raise ValueError(f"z must have shape ({self.cfg.latent},) or (1, {self.cfg.latent}), "
-                                 f"got {tuple(z.shape)}")
+        self.check_rows(prompts, zs, sampling)
         ids, mask = self._batch(prompts)
         streamer = _RowStreamer(self.tokenizer, len(prompts), self.lm.model.generation_config.eos_token_id, stall_s)
         cancelled, errors = threading.Event(), []
@@ -203,6 +208,11 @@ class ConditionalPolicy:
             worker.join(timeout=120)
         if errors:
             raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
+
+
+def check_prompt(prompt: str) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type a question or request")
 
 
 class _RowStreamer(BaseStreamer):

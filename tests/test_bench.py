@@ -16,6 +16,7 @@ def test_bench_reports_all_figures(tmp_path):
     for r in out["rows"]:
         assert r["tok_s_steered"] > 0 and r["tok_s_unsteered"] > 0 and r["ttft_s_steered"] > 0
         assert r["peak_rss_mb"] >= r["rss_mb"] > 0
-        c = r["concurrent_4"]
-        assert c["ttft_max_s"] >= c["ttft_p50_s"] > 0 and c["total_tok_s"] > 0
+        for how in ("serial", "batched"):
+            c = r[f"concurrent_4_{how}"]
+            assert c["ttft_max_s"] >= c["ttft_p50_s"] > 0 and c["total_tok_s"] > 0
     assert 0 < out["encode_10_pairs_s"] < 1
