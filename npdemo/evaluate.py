@@ -192,15 +192,33 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     return out
 
 
-def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed") -> dict:
+def implicit_reward_report(policies: dict, bank, cfg, max_tokens: int) -> dict:
+    """The implicit-reward accuracy table by model, k and group, printed; {model: {k: {group: accuracy}}}."""
+    from .steering import KS as POLICY_KS, implicit_reward_table
+    from .users import GROUPS
+
+    table = implicit_reward_table(policies, bank, cfg, max_tokens)
+    print(f"\nImplicit-reward accuracy (%) on test-prompt pairs outside the context, {cfg.users_per_k} users per k:")
+    print("| model | k | all | " + " | ".join(GROUPS) + " |")
+    print("|---" * (len(GROUPS) + 3) + "|")
+    for name, by_k in table.items():
+        for k in POLICY_KS:
+            row = by_k[k]
+            print(f"| {name} | {k} | {100 * row['all']:.1f} | " + " | ".join(f"{100 * row[g]:.1f}" for g in GROUPS)
+                  + " |")
+    return {n: {str(k): v for k, v in t.items()} for n, t in table.items()}
+
+
+def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", parts: str = "implicit,steering"
+                    ) -> dict:
     """NP-DPO vs DPO-mixed implicit-reward accuracy by k and group; steering, in-context baseline, z-swap.
 
-    `models` picks which checkpoints to score (steering needs np_dpo); each model's numbers do not depend on
-    the other's, so the two can be evaluated in separate runs."""
+    `models` picks which checkpoints to score (steering needs np_dpo) and `parts` which measurements; no number
+    depends on another model or part, so they can be evaluated in separate runs (in parallel on 2 cores)."""
     from . import base_model
     from .embeddings import load_bank
     from .policy import load_policy
-    from .steering import KS as POLICY_KS, SteeringConfig, implicit_reward_table, steering
+    from .steering import SteeringConfig, steering
     from .train import POLICY_DIR, POLICY_MIXED_DIR
 
     bank = load_bank()
@@ -208,6 +226,8 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed") -
     chosen = models.split(",")
     if not chosen or set(chosen) - {"np_dpo", "dpo_mixed"}:
         raise SystemExit(f"--models takes np_dpo and/or dpo_mixed, got {models!r}")
+    if not parts.split(",") or set(parts.split(",")) - {"implicit", "steering"}:
+        raise SystemExit(f"--parts takes implicit and/or steering, got {parts!r}")
     for name, directory in (("np_dpo", POLICY_DIR), ("dpo_mixed", POLICY_MIXED_DIR)):
         if name not in chosen:
             continue
@@ -217,20 +237,10 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed") -
         pol, enc = load_policy(directory, lm)
         policies[name] = (pol, enc)  # enc is None for the unconditioned DPO-mixed policy
     cfg = SteeringConfig(users_per_k=n_users, beta=train_cfg["beta"], seed=seed)
-    table = implicit_reward_table(policies, bank, cfg, train_cfg["max_tokens"])
-    from .users import GROUPS
-
-    print(f"\nImplicit-reward accuracy (%) on test-prompt pairs outside the context, {n_users} users per k:")
-    print("| model | k | all | " + " | ".join(GROUPS) + " |")
-    print("|---" * (len(GROUPS) + 3) + "|")
-    for name, by_k in table.items():
-        for k in POLICY_KS:
-            row = by_k[k]
-            print(f"| {name} | {k} | {100 * row['all']:.1f} | " + " | ".join(f"{100 * row[g]:.1f}" for g in GROUPS)
-                  + " |")
-    out = {"task": "policy", "users_per_k": n_users,
-           "implicit_reward_accuracy": {n: {str(k): v for k, v in t.items()} for n, t in table.items()}}
-    if "np_dpo" not in policies:
+    out: dict = {"task": "policy", "users_per_k": n_users}
+    if "implicit" in parts:
+        out["implicit_reward_accuracy"] = implicit_reward_report(policies, bank, cfg, train_cfg["max_tokens"])
+    if "steering" not in parts or "np_dpo" not in policies:
         return out
     steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed))
     print(f"\nSteering on {steer['prompts']} test prompts (greedy). Base attributes {steer['base']}")
@@ -309,8 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--users", type=int, default=2000, help="test users per context size")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--models", default="np_dpo,dpo_mixed", help="policy: which checkpoints to evaluate")
+    ap.add_argument("--parts", default="implicit,steering", help="policy: which measurements to run")
     args = ap.parse_args(argv)
-    out = (evaluate_policy(args.users, args.seed, args.models) if args.task == "policy"
+    out = (evaluate_policy(args.users, args.seed, args.models, args.parts) if args.task == "policy"
            else TASKS[args.task](args.users, args.seed))
     fig = out.pop("figure", None)
     json_path = args.json or RUNS / f"{args.task}.json"

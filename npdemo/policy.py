@@ -155,6 +155,31 @@ class ConditionalPolicy:
             pass
         return texts
 
+    @torch.no_grad()
+    def generate_base_shared_prefix(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        """Base-model answers to prompts that begin alike (the in-context baseline: the same labelled pairs, then
+        a question). The common token prefix is encoded once and its KV cache reused by every row; each row's
+        own tail is padded in the middle (masked), so positions, and the answers, match generating alone."""
+        self.check_rows(prompts, [None] * len(prompts), sampling)
+        rows = [self.prompt_ids(p)[0][0].tolist() for p in prompts]
+        P = 0
+        while P < min(map(len, rows)) - 1 and all(r[P] == rows[0][P] for r in rows):
+            P += 1
+        tails = [r[P:] for r in rows]
+        L = max(map(len, tails))
+        ids = torch.full((len(rows), P + L), self.tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        ids[:, :P], mask[:, :P] = torch.tensor(rows[0][:P]), 1
+        for i, t in enumerate(tails):
+            ids[i, P + L - len(t):], mask[i, P + L - len(t):] = torch.tensor(t), 1
+        dev = self.lm.device
+        with self.lock, self.reference():
+            cache = self.model(input_ids=ids[:1, :P].to(dev), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            out = self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), cache=cache,
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling.generate_kwargs())
+        return self.tokenizer.batch_decode(out[:, P + L:], skip_special_tokens=True)
+
     def stream(self, prompt: str, z: torch.Tensor | None, sampling: Sampling) -> Iterator[str]:
         """Yield the text so far as it is produced (z = None: the unsteered base)."""
         for texts in self.stream_rows([prompt], [z], sampling):

@@ -97,7 +97,8 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
         pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()[0]]
         chosen = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 0], pairs[:, 1])
         rejected = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 1], pairs[:, 0])
-        in_ctx = policy.generate([in_context_prompt(bank, chosen, rejected, p) for p in prompts], None, sampling)
+        in_ctx = policy.generate_base_shared_prefix([in_context_prompt(bank, chosen, rejected, p) for p in prompts],
+                                                    sampling)  # the labelled pairs are encoded once per user
         out["users"][name] = {
             "w": w.round(3).tolist(),
             "np_dpo_attributes": attributes.score_many(steered).mean(0).round(4).tolist(),
