@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import attributes
 from .context_encoder import ContextEncoder
@@ -89,7 +90,7 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
     base = policy.generate(prompts, None, sampling)
     out = {"prompts": len(prompts), "base": attributes.score_many(base).mean(0).round(4).tolist(), "users": {}}
     latents = {}
-    for name, w in users.items():
+    for name, w in tqdm(users.items(), desc="steering users", unit="user"):
         ep, _, _ = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])
         z = encoder.latent(ep.ctx, ep.ctx_mask)
         latents[name] = z
@@ -130,7 +131,7 @@ def implicit_reward_table(policies: dict[str, tuple[ConditionalPolicy, ContextEn
         rows = encode_rows(pol, bank, max_tokens)
         ref = reference_logprobs(pol, rows, reference_key(pol.lm, bank, max_tokens), split_rows(bank, "test"))
         out[name] = {}
-        for k in KS:
+        for k in tqdm(KS, desc=f"implicit reward, {name}", unit="k"):
             acc, groups = implicit_reward_accuracy(pol, enc, bank, ref, rows, k, cfg,
                                                    np.random.default_rng(cfg.seed + k))
             out[name][k] = by_group(acc, groups)
