@@ -242,13 +242,18 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
         out["implicit_reward_accuracy"] = implicit_reward_report(policies, bank, cfg, train_cfg["max_tokens"])
     if "steering" not in parts or "np_dpo" not in policies:
         return out
-    steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed))
-    print(f"\nSteering on {steer['prompts']} test prompts (greedy). Base attributes {steer['base']}")
-    print("| user | NP-DPO attributes | NP-DPO win-rate vs base | in-context attributes | in-context win-rate |")
-    print("|---|---|---|---|---|")
+    mixed = policies["dpo_mixed"][0] if "dpo_mixed" in policies else None
+    steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed), mixed=mixed)
+    print(f"\nSteering on {steer['prompts']} test prompts (greedy). Mean attributes (concise, structured, warm): "
+          f"base {steer['base']}" + (f", DPO-mixed {steer['dpo_mixed']}" if mixed else ""))
+    print("Win-rate = share of prompts where the true user's reward prefers the answer over the base model's.")
+    print("| user | NP-DPO attributes | NP-DPO win-rate | in-context attributes | in-context win-rate"
+          + (" | DPO-mixed win-rate | NP-DPO vs DPO-mixed |" if mixed else " |"))
+    print("|---" * (7 if mixed else 5) + "|")
     for name, u in steer["users"].items():
         print(f"| {name} | {u['np_dpo_attributes']} | {u['np_dpo_win_rate']:.2f} | {u['in_context_attributes']} | "
-              f"{u['in_context_win_rate']:.2f} |")
+              f"{u['in_context_win_rate']:.2f} |" + (f" {u['dpo_mixed_win_rate']:.2f} | "
+                                                     f"{u['np_dpo_vs_dpo_mixed_win_rate']:.2f} |" if mixed else ""))
     print(f"z-swap: {steer['z_swap']}")
     return {**out, "steering": steer}
 

@@ -82,13 +82,19 @@ def win_rate(w: np.ndarray, ours: list[str], base: list[str]) -> float:
 
 @torch.no_grad()
 def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: SteeringConfig,
-             rng: np.random.Generator) -> dict:
-    """Generations for corner and centre users (NP-DPO, in-context, unsteered base), scored, plus a z-swap."""
+             rng: np.random.Generator, mixed: ConditionalPolicy | None = None) -> dict:
+    """Generations for corner and centre users (NP-DPO, in-context, unsteered base), scored, plus a z-swap.
+
+    With `mixed` (the DPO-mixed policy: LoRA on, FiLM identity) its one answer per prompt is scored for every
+    user too: it separates "steers towards this user" from "improves what all users like"."""
     users = {**{a: np.eye(3)[i] for i, a in enumerate(attributes.ATTRIBUTES)}, "centre": np.full(3, 1 / 3)}
     prompts = sorted({r["prompt"] for r in bank.records if r["split"] == "test"})[:cfg.prompts]
     sampling = Sampling(max_new_tokens=cfg.new_tokens, greedy=True)
     base = policy.generate(prompts, None, sampling)
     out = {"prompts": len(prompts), "base": attributes.score_many(base).mean(0).round(4).tolist(), "users": {}}
+    if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
+        mixed_out = mixed.generate(prompts, torch.zeros(len(prompts), mixed.cfg.latent), sampling)
+        out["dpo_mixed"] = attributes.score_many(mixed_out).mean(0).round(4).tolist()
     latents = {}
     for name, w in tqdm(users.items(), desc="steering users", unit="user"):
         ep, _, _ = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])
@@ -106,6 +112,9 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
             "in_context_attributes": attributes.score_many(in_ctx).mean(0).round(4).tolist(),
             "np_dpo_win_rate": win_rate(w, steered, base), "in_context_win_rate": win_rate(w, in_ctx, base),
             "example": steered[0]}
+        if mixed is not None:
+            out["users"][name] |= {"dpo_mixed_win_rate": win_rate(w, mixed_out, base),
+                                   "np_dpo_vs_dpo_mixed_win_rate": win_rate(w, steered, mixed_out)}
     a, b = attributes.ATTRIBUTES[0], attributes.ATTRIBUTES[2]  # concise vs warm corner
     axis = users[a] - users[b]
     shift = {n: np.array(out["users"][n]["np_dpo_attributes"]) - np.array(out["base"]) for n in (a, b)}

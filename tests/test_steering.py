@@ -29,11 +29,13 @@ def test_steering_report(tmp_path):
         for p in pol.film.parameters():
             p.normal_(0, 0.5)
     enc = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
-    out = steering.steering(pol, enc, bank, CFG, np.random.default_rng(0))
+    out = steering.steering(pol, enc, bank, CFG, np.random.default_rng(0), mixed=pol)
     assert set(out["users"]) == {"concise", "structured", "warm", "centre"}
     for u in out["users"].values():
-        assert 0 <= u["np_dpo_win_rate"] <= 1 and 0 <= u["in_context_win_rate"] <= 1
+        for key in ("np_dpo_win_rate", "in_context_win_rate", "dpo_mixed_win_rate", "np_dpo_vs_dpo_mixed_win_rate"):
+            assert 0 <= u[key] <= 1
         assert len(u["np_dpo_attributes"]) == 3
+    assert len(out["dpo_mixed"]) == 3
     assert set(out["z_swap"]) >= {"axis", "swaps"}
 
 
