@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--sessions", type=int, default=20, help="load: concurrent client sessions")
+    ap.add_argument("--quant", default="auto", choices=["auto", "nf4", "bf16", "fp32"],
+                    help="load: the app's precision (fp32 for an exact cross-talk check, see loadtest.py)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     result = run_load(args) if args.what == "load" else run_speed(args)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_load(args: argparse.Namespace) -> dict:
     from .loadtest import run
 
-    return run(args.sessions, app_args=("--model", args.model) if args.model else ())
+    return run(args.sessions, app_args=("--quant", args.quant, *(("--model", args.model) if args.model else ())))
 
 
 def run_speed(args: argparse.Namespace) -> dict:

@@ -5,6 +5,11 @@ Each of N concurrent gradio_client sessions is a simulated user with its own wei
 errors, p50/p95 latency of a label click (encode + locate + next pair) and of the time to the first streamed
 text. Cross-talk check: every session is replayed alone (its exported profile imported into a fresh session,
 the same prompts, greedy) and must get the same simplex estimate and the same texts.
+
+The texts match exactly only where the numerics do not depend on the batch: NF4 and bf16 compute in bf16 on
+a CPU, whose rounding changes with the batch shape, so a greedy answer batched with other visitors drifts from
+the one it gets alone after a few tokens with no cross-talk at all. Run the check with `--quant fp32` (exact);
+the latency figures come from the default precision.
 """
 from __future__ import annotations
 
@@ -144,7 +149,7 @@ def run(sessions: int = 20, seed: int = 0, app_args: tuple[str, ...] = ()) -> di
     with running_app(*app_args) as url:
         out = load(url, sessions, seed)
     wall, mismatches = out["wall_s"], out["cross_talk_mismatches"]
-    print(f"\nLoad: {sessions} concurrent sessions x (10 labels + {len(PROMPTS)} generations of {NEW_TOKENS} tokens), "
+    print(f"\nLoad ({' '.join(app_args) or 'default app'}): {sessions} concurrent sessions x (10 labels + {len(PROMPTS)} generations of {NEW_TOKENS} tokens), "
           f"{wall:.0f} s wall")
     print("| requests | errors | label p50 / p95 s | TTFT p50 / p95 s | cross-talk mismatches |")
     print("|---|---|---|---|---|")
