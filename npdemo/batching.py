@@ -3,7 +3,8 @@
 A batch of rows decodes in little more time than one row on a CPU (and far less than one after another on a
 GPU), so concurrent requests are merged instead of queued: requests that arrive while a batch runs wait and go
 together into the next one. Each row keeps its own latent (per-row FiLM), so merging never mixes users; only
-requests with the same sampling settings share a batch.
+requests with the same sampling settings share a batch, and a batch's padded prompt size is capped so that one
+long prompt (the in-context baseline's labelled pairs) does not slow everyone else's prefill.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class _Request:
     prompts: list[str]
     zs: list[torch.Tensor | None]
     sampling: Sampling
+    length: int                                             # tokens of its longest prompt (rows are left-padded)
     out: queue.Queue = field(default_factory=queue.Queue)   # lists of this request's texts, an error, or None
     left: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
 
@@ -29,8 +31,8 @@ class _Request:
 class Batcher:
     """Serves `stream(prompts, zs, sampling)` calls from many threads with one worker and batched generation."""
 
-    def __init__(self, policy: ConditionalPolicy, max_rows: int = 16):
-        self.policy, self.max_rows = policy, max_rows
+    def __init__(self, policy: ConditionalPolicy, max_rows: int = 16, max_tokens: int = 2048):
+        self.policy, self.max_rows, self.max_tokens = policy, max_rows, max_tokens
         self.pending: list[_Request] = []
         self.cond = threading.Condition()
         self.batch_sizes: list[int] = []  # requests per batch served, for the load benchmark
@@ -40,7 +42,7 @@ class Batcher:
                ) -> Iterator[list[str]]:
         """Like ConditionalPolicy.stream_rows, but merged with other callers' requests."""
         self.policy.check_rows(prompts, zs, sampling)  # bad input fails here, in the caller's thread
-        request = _Request(prompts, zs, sampling)
+        request = _Request(prompts, zs, sampling, max(self.policy.prompt_ids(p)[0].shape[1] for p in prompts))
         with self.cond:
             self.pending.append(request)
             self.cond.notify()
@@ -53,15 +55,18 @@ class Batcher:
             request.left.set()
 
     def _next_batch(self) -> list[_Request]:
-        """The oldest pending request plus every later one with the same sampling that fits in max_rows."""
+        """The oldest pending request plus every later one with the same sampling that fits in max_rows rows and
+        max_tokens padded prompt tokens (rows x longest prompt)."""
         with self.cond:
             while not self.pending:
                 self.cond.wait()
-            first, batch, rows = self.pending[0], [], 0
+            first, batch, rows, length = self.pending[0], [], 0, 0
             for r in list(self.pending):
-                if not batch or (r.sampling == first.sampling and rows + len(r.prompts) <= self.max_rows):
+                fits = (rows + len(r.prompts) <= self.max_rows
+                        and (rows + len(r.prompts)) * max(length, r.length) <= self.max_tokens)
+                if not batch or (r.sampling == first.sampling and fits):
                     batch.append(r)
-                    rows += len(r.prompts)
+                    rows, length = rows + len(r.prompts), max(length, r.length)
                     self.pending.remove(r)
             return batch
 

@@ -95,6 +95,15 @@ def test_an_error_reaches_every_merged_request_and_the_batcher_keeps_serving(pol
     assert last(batcher.stream([PROMPTS[0]], [None], GREEDY))  # still serves
 
 
+def test_a_long_prompt_is_not_merged_with_short_ones(policy):
+    """The in-context baseline's long prompt would pad every merged row to its length: it goes out alone."""
+    batcher = Batcher(policy, max_tokens=400)
+    long = "Liked: boil it for nine minutes. " * 40 + "My question: how do I boil an egg?"
+    requests = [([PROMPTS[0]], [None]), ([PROMPTS[1]], [None]), ([long], [None]), ([PROMPTS[2]], [None])]
+    run_together(batcher, policy, requests)
+    assert batcher.batch_sizes == [1, 2, 1]  # the two short ones merged, the long one alone
+
+
 def test_bad_input_fails_in_the_callers_thread_and_never_reaches_a_batch(policy):
     batcher = Batcher(policy)
     with pytest.raises(ValueError, match="prompt is empty"):
