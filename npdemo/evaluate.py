@@ -35,7 +35,9 @@ def heldout_accuracy(p: np.ndarray, ep: Episodes) -> np.ndarray:
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+    """Mean and its standard error over the first axis (NaN where there are too few values)."""
+    n = len(x)
+    return (float(x.mean()) if n else float("nan"), float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"))
 
 
 @torch.no_grad()
@@ -192,21 +194,32 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     return out
 
 
-def implicit_reward_report(policies: dict, bank, cfg, max_tokens: int) -> dict:
-    """The implicit-reward accuracy table by model, k and group, printed; {model: {k: {group: accuracy}}}."""
+def implicit_reward_report(policies: dict, bank, cfg, max_tokens: int, reward_model=None) -> dict:
+    """Implicit-reward accuracy by model, k and group, and each group's rise from k = 0 to the largest k
+    (paired: the same users and targets at every k), beside the reference rows; printed, and returned as
+    {row: {"by_k", "rise", "users"}}."""
     from .steering import KS as POLICY_KS, implicit_reward_table
     from .users import GROUPS
 
-    table = implicit_reward_table(policies, bank, cfg, max_tokens)
-    print(f"\nImplicit-reward accuracy (%) on test-prompt pairs outside the context, {cfg.users_per_k} users per k:")
-    print("| model | k | all | " + " | ".join(GROUPS) + " |")
-    print("|---" * (len(GROUPS) + 3) + "|")
-    for name, by_k in table.items():
-        for k in POLICY_KS:
-            row = by_k[k]
-            print(f"| {name} | {k} | {100 * row['all']:.1f} | " + " | ".join(f"{100 * row[g]:.1f}" for g in GROUPS)
-                  + " |")
-    return {n: {str(k): v for k, v in t.items()} for n, t in table.items()}
+    table, groups = implicit_reward_table(policies, bank, cfg, max_tokens, reward_model)
+    members = {g: np.ones(len(groups), bool) if g == "all" else groups == g for g in ("all", *GROUPS)}
+    out = {}
+    for name, acc in table.items():
+        rise = acc[max(POLICY_KS)] - acc[0]
+        out[name] = {"by_k": {str(k): {g: mean_se(a[m])[0] for g, m in members.items()} for k, a in acc.items()},
+                     "rise": {g: dict(zip(("mean", "se"), mean_se(rise[m]))) for g, m in members.items()},
+                     "users": {g: int(m.sum()) for g, m in members.items()}}
+    print(f"\nImplicit-reward accuracy (%) on {cfg.targets} test-prompt pairs per user outside its {max(POLICY_KS)}"
+          f" labelled pairs; context size k uses the first k labels of the same users ("
+          + ", ".join(f"{g} {int(m.sum())}" for g, m in members.items()) + " users):")
+    print("| model | k | " + " | ".join(members) + " |")
+    print("|---" * (len(members) + 2) + "|")
+    for name, res in out.items():
+        for k, row in res["by_k"].items():
+            print(f"| {name} | {k} | " + " | ".join(f"{100 * v:.1f}" for v in row.values()) + " |")
+        print(f"| {name} | rise 0 to {max(POLICY_KS)} | " + " | ".join(
+            f"{100 * r['mean']:+.1f} ± {100 * r['se']:.1f}" for r in res["rise"].values()) + " |")
+    return out
 
 
 def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", parts: str = "implicit,steering"
@@ -219,7 +232,7 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     from .embeddings import load_bank
     from .policy import load_policy
     from .steering import SteeringConfig, steering
-    from .train import POLICY_DIR, POLICY_MIXED_DIR
+    from .train import POLICY_DIR, POLICY_MIXED_DIR, REWARD_DIR
 
     bank = load_bank()
     policies, train_cfg = {}, None
@@ -239,7 +252,8 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     cfg = SteeringConfig(users_per_k=n_users, beta=train_cfg["beta"], seed=seed)
     out: dict = {"task": "policy", "users_per_k": n_users}
     if "implicit" in parts:
-        out["implicit_reward_accuracy"] = implicit_reward_report(policies, bank, cfg, train_cfg["max_tokens"])
+        out["implicit_reward_accuracy"] = implicit_reward_report(policies, bank, cfg, train_cfg["max_tokens"],
+                                                                 load_reward_model(REWARD_DIR / "np_btl"))
     if "steering" not in parts or "np_dpo" not in policies:
         return out
     mixed = policies["dpo_mixed"][0] if "dpo_mixed" in policies else None

@@ -19,8 +19,9 @@ from . import attributes
 from .context_encoder import ContextEncoder
 from .dpo import encode_rows, logprobs, reference_key, reference_logprobs, split_rows
 from .embeddings import Bank
+from .episodes import Episodes
 from .policy import ConditionalPolicy, Sampling
-from .users import GROUPS, sample_users
+from .users import sample_users, sample_weights
 
 KS = (0, 1, 3, 5, 10)
 
@@ -28,7 +29,8 @@ KS = (0, 1, 3, 5, 10)
 @dataclass
 class SteeringConfig:
     users_per_k: int = 40       # test users per context size for implicit-reward accuracy
-    targets: int = 4            # scored target pairs per user (outside its context)
+    targets: int = 8            # scored target pairs per user (outside its context)
+    corner_fraction: float = 0.75  # implicit reward: each corner and the interior get about a quarter of users
     prompts: int = 50           # test prompts generated for per steering user
     context: int = 10           # labelled pairs of each steering user
     new_tokens: int = 64
@@ -36,28 +38,73 @@ class SteeringConfig:
     seed: int = 1234
 
 
-@torch.no_grad()
-def implicit_reward_accuracy(policy: ConditionalPolicy, encoder: ContextEncoder | None, bank: Bank,
-                             ref: torch.Tensor, rows, k: int, cfg: SteeringConfig, rng: np.random.Generator
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user accuracy of the implicit reward on targets outside a k-pair context (ties count half), and groups.
+@dataclass
+class ImplicitRewardUsers:
+    """The test users of the implicit-reward measurement, the same for every model and context size.
 
-    encoder = None scores the policy without a latent (the DPO-mixed baseline).
+    Paired across k: each user labels max(KS) pairs and context size k reads the first k of them, so only z
+    changes with k; the targets, all outside the largest context, stay the same. The rise with k is then
+    measured without the noise of new users and pairs per k.
     """
-    n = cfg.users_per_k
-    ep, _, groups = sample_users(bank, "test", n, k + cfg.targets, np.full(n, k), rng)
-    pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (U, T, 2) bank rows
-    y = ep.tgt_y.numpy().astype(bool)
-    z = encoder.latent(ep.ctx, ep.ctx_mask) if encoder is not None else None
-    correct = np.zeros((n, cfg.targets))
-    for u in range(n):
-        a, b = pairs[u, k:, 0], pairs[u, k:, 1]  # targets after the context only
-        zu = None if z is None else z[u:u + 1].expand(2 * cfg.targets, -1)
-        lp = logprobs(policy, [rows[i] for i in a] + [rows[i] for i in b], zu)
-        ra, rb = (cfg.beta * (lp.cpu() - ref[np.concatenate([a, b])])).chunk(2)
-        tie = (ra - rb).abs() < cfg.beta * 1e-3  # equal up to float noise of batched log-probs
-        correct[u] = np.where(tie, 0.5, np.where(y[u, k:], ra > rb, rb > ra))
-    return correct.mean(1), groups
+    ep: Episodes          # contexts (first max(KS) pairs) and targets as drawn
+    weights: np.ndarray   # (U, 3) true user weights
+    groups: np.ndarray    # (U,)
+    targets: np.ndarray   # (U, T, 2) bank rows of the scored pairs
+    y: np.ndarray         # (U, T) bool, True = the first response was chosen
+
+    @classmethod
+    def sample(cls, bank: Bank, cfg: SteeringConfig) -> "ImplicitRewardUsers":
+        n, k_max, rng = cfg.users_per_k, max(KS), np.random.default_rng(cfg.seed)
+        weights, _ = sample_weights(n, rng, cfg.corner_fraction)
+        ep, _, groups = sample_users(bank, "test", n, k_max + cfg.targets, np.full(n, k_max), rng, weights=weights)
+        return cls(ep, weights, groups, bank.pairs.numpy()[ep.tgt_pair.numpy()[:, k_max:]],
+                   ep.tgt_y.numpy()[:, k_max:].astype(bool))
+
+    def latent(self, encoder: ContextEncoder, k: int) -> torch.Tensor:
+        """Each user's z from its first k labelled pairs: (U, Z)."""
+        return encoder.latent(self.ep.ctx, self.ep.ctx_mask & (torch.arange(self.ep.ctx.shape[1]) < k))
+
+    def accuracy(self, ra: np.ndarray, rb: np.ndarray, tol: float = 0.0) -> np.ndarray:
+        """Per-user share of targets whose chosen response gets the higher score (|gap| <= tol: half)."""
+        return np.where(np.abs(ra - rb) <= tol, 0.5, np.where(self.y, ra > rb, rb > ra)).mean(-1)
+
+
+@torch.no_grad()
+def implicit_reward_accuracy(policy: ConditionalPolicy, encoder: ContextEncoder | None, ref: torch.Tensor, rows,
+                             users: ImplicitRewardUsers, cfg: SteeringConfig) -> dict[int, np.ndarray]:
+    """Per-user accuracy {k: (U,)} of r(y) = beta log pi(y | x, z) / ref(y | x) on the users' targets.
+
+    encoder = None scores the policy without a latent (DPO-mixed): its scores cannot depend on k, computed once.
+    """
+    n = len(users.groups)
+    ks = KS if encoder is not None else KS[:1]
+    acc, bar = {}, tqdm(total=len(ks) * n, desc="implicit reward (users x context sizes)", unit="user")
+    for k in ks:
+        z = None if encoder is None else users.latent(encoder, k)
+        r = np.zeros(users.targets.shape)
+        for u in range(n):
+            a, b = users.targets[u, :, 0], users.targets[u, :, 1]
+            zu = None if z is None else z[u:u + 1].expand(2 * len(a), -1)
+            lp = logprobs(policy, [rows[i] for i in a] + [rows[i] for i in b], zu)
+            r[u] = (cfg.beta * (lp.cpu() - ref[np.concatenate([a, b])])).view(2, -1).T.numpy()
+            bar.update()
+        acc[k] = users.accuracy(r[..., 0], r[..., 1], tol=cfg.beta * 1e-3)  # float noise of batched log-probs
+    bar.close()
+    return {k: acc.get(k, acc[KS[0]]) for k in KS}
+
+
+@torch.no_grad()
+def reference_accuracy(users: ImplicitRewardUsers, bank: Bank, reward_model) -> dict[str, dict[int, np.ndarray]]:
+    """Reference rows on the same targets: the true reward r_w (what any model can reach: near ties are coin
+    flips) and the NP-BTL reward model given the same k labels (what the shared latent carries)."""
+    true_r = (bank.attributes[users.targets] * users.weights[:, None, None]).sum(-1)  # (U, T, 2)
+    out = {"true reward (oracle)": {k: users.accuracy(true_r[..., 0], true_r[..., 1]) for k in KS}}
+    if reward_model is not None:
+        out["np_btl reward model"] = {
+            k: users.accuracy(*reward_model.decoder(bank.features[torch.from_numpy(users.targets)],
+                                                    users.latent(reward_model.encoder, k)[:, None, None]).numpy()
+                              .transpose(2, 0, 1)) for k in KS}
+    return out
 
 
 def in_context_prompt(bank: Bank, chosen: np.ndarray, rejected: np.ndarray, prompt: str) -> str:
@@ -124,24 +171,14 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
     return out
 
 
-def by_group(acc: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """Mean accuracy over all users and per group (NaN for a group with no users)."""
-    out = {"all": float(acc.mean())}
-    for g in GROUPS:
-        out[g] = float(acc[groups == g].mean()) if (groups == g).any() else float("nan")
-    return out
-
-
 def implicit_reward_table(policies: dict[str, tuple[ConditionalPolicy, ContextEncoder | None]], bank: Bank,
-                          cfg: SteeringConfig, max_tokens: int) -> dict:
-    """{model: {k: {group: accuracy}}} on the same test users for every model (same seed per k)."""
-    out = {}
+                          cfg: SteeringConfig, max_tokens: int, reward_model=None
+                          ) -> tuple[dict[str, dict[int, np.ndarray]], np.ndarray]:
+    """({row: {k: per-user accuracy}}, groups): the reference rows, then each policy, on the same test users."""
+    users = ImplicitRewardUsers.sample(bank, cfg)
+    out = reference_accuracy(users, bank, reward_model)
     for name, (pol, enc) in policies.items():
         rows = encode_rows(pol, bank, max_tokens)
         ref = reference_logprobs(pol, rows, reference_key(pol.lm, bank, max_tokens), split_rows(bank, "test"))
-        out[name] = {}
-        for k in tqdm(KS, desc=f"implicit reward, {name}", unit="k"):
-            acc, groups = implicit_reward_accuracy(pol, enc, bank, ref, rows, k, cfg,
-                                                   np.random.default_rng(cfg.seed + k))
-            out[name][k] = by_group(acc, groups)
-    return out
+        out[name] = implicit_reward_accuracy(pol, enc, ref, rows, users, cfg)
+    return out, users.groups
