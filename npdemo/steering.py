@@ -28,7 +28,7 @@ KS = (0, 1, 3, 5, 10)
 
 @dataclass
 class SteeringConfig:
-    users_per_k: int = 40       # test users per context size for implicit-reward accuracy
+    users_per_k: int = 40       # implicit-reward test users (the same users at every context size)
     targets: int = 8            # scored target pairs per user (outside its context)
     corner_fraction: float = 0.75  # implicit reward: each corner and the interior get about a quarter of users
     prompts: int = 50           # test prompts generated for per steering user
