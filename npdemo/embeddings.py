@@ -100,8 +100,12 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * m).sum(1) / m.sum(1)
 
 
-def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, alpha: float = 10.0) -> np.ndarray:
-    """Test R^2 per target column of a ridge probe fit on rows `train`, scored on the rest."""
+def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    """Test R^2 per target column of a ridge probe fit on rows `train`, scored on the rest.
+
+    The penalty is alpha * n_train on standardised features, the feature oracle's (evaluate.attribute_probe);
+    alpha = 10 over-regularised and reported R^2 0.51 / 0.47 / 0.55 for the features that read 0.83 / 0.69 /
+    0.66 here (the same pooling wins at alpha = 10, 1 and 0.1)."""
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
     xs = (x - mu) / sd
     A = xs[train]
