@@ -102,10 +102,13 @@ def evaluate_synthetic(n_users: int, seed: int) -> dict:
             "figure": reward_curves_figure(models, task, rng)}
 
 
-def attribute_diffs(bank, ep: Episodes) -> tuple[np.ndarray, np.ndarray]:
-    """Attribute differences of context pairs (chosen - rejected) and of targets (a - b): (B, T, 3) each."""
+def attribute_diffs(bank, ep: Episodes, attrs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute differences of context pairs (chosen - rejected) and of targets (a - b): (B, T, 3) each.
+
+    attrs (R, 3) replaces the true scores of the bank rows, e.g. the attributes as read from the features."""
+    attrs = bank.attributes if attrs is None else attrs
     pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (B, T, 2)
-    tgt_diff = bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]
+    tgt_diff = attrs[pairs[..., 0]] - attrs[pairs[..., 1]]
     sign = np.where(ep.tgt_y.numpy() == 1, 1.0, -1.0)[..., None]
     return sign * tgt_diff, tgt_diff
 
@@ -133,7 +136,9 @@ def attribute_probe(bank, alpha: float = 0.1) -> np.ndarray:
     """Attributes of every bank response as read linearly from its features (ridge fit on train prompts).
 
     With the true w this is the "feature oracle": the ceiling of any reward that is linear in these features,
-    however well the user is known. It separates what the features allow from what the NP learns.
+    however well the user is known. It separates what the features allow from what the NP learns. Fed to the
+    exact grid posterior in place of the true scores ("Bayes on features") it is the Bayes reference that sees
+    only what the NP sees: the labelled pairs through these features.
     """
     train = np.array([r["split"] == "train" for r in bank.records])
     x, y = bank.features.numpy().astype(np.float64), bank.attributes
@@ -152,18 +157,21 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
     np_model, btl = load_reward_model(REWARD_DIR / "np_btl"), load_reward_model(REWARD_DIR / "btl_mixed")
     locate, bayes = Locator(np_model, bank), BayesPosterior()
     rng = np.random.default_rng(seed)
-    columns = ["oracle", "bayes_posterior", "feature_oracle", "np_btl", "btl_mixed"]
+    torch.manual_seed(seed)  # the NP cloud samples z
+    columns = ["oracle", "bayes_posterior", "feature_oracle", "bayes_on_features", "np_btl", "btl_mixed"]
     probe = attribute_probe(bank)
     acc, simplex_err, out = {}, {}, {"task": "reward", "n_users": n_users, "seed": seed, "accuracy": {},
                                       "simplex_l1": {}}
     for k in KS:
         ep, w, groups = users.sample_users(bank, "test", n_users, 20, np.full(n_users, k), rng)
         ctx_diff, tgt_diff = attribute_diffs(bank, ep)
+        ctx_read, tgt_read = attribute_diffs(bank, ep, probe)  # what the features say about the same pairs
         post = bayes.posterior(ctx_diff, ep.tgt_in_ctx.numpy())
+        post_read = bayes.posterior(ctx_read, ep.tgt_in_ctx.numpy())
         preds = {"oracle": users.choice_prob(w[:, None], tgt_diff, 0 * tgt_diff),
                  "bayes_posterior": bayes.predictive(post, tgt_diff),
-                 "feature_oracle": users.choice_prob(w[:, None], *probe[bank.pairs.numpy()[ep.tgt_pair.numpy()]]
-                                                     .transpose(2, 0, 1, 3)),
+                 "feature_oracle": users.choice_prob(w[:, None], tgt_read, 0 * tgt_read),
+                 "bayes_on_features": bayes.predictive(post_read, tgt_read),
                  "np_btl": predict(np_model, ep),
                  "btl_mixed": predict(btl, ep)}
         per_user = {name: heldout_accuracy(p, ep) for name, p in preds.items()}
@@ -171,6 +179,7 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
             w_np = locate(np_model.encoder.latent(ep.ctx, ep.ctx_mask))
         w_bayes = bayes.mean(post)
         err = {"np_btl": np.abs(w_np - w).sum(1), "bayes_posterior": np.abs(w_bayes - w).sum(1),
+               "bayes_on_features": np.abs(bayes.mean(post_read) - w).sum(1),
                "np_cloud_spread": spread(np_cloud(np_model, locate, ep.ctx[:200], ep.ctx_mask[:200]))}
         acc[k] = {name: mean_se(a) for name, a in per_user.items()}
         simplex_err[k] = {name: mean_se(e) for name, e in err.items()}
@@ -189,7 +198,7 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
         row = [groups_table[g][name]["mean"] for g in users.GROUPS]
         print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row) + f" | {100 * sum(row[:3]):.1f} |")
     print_table("Simplex error ||w_hat - w||_1 (x100) ± s.e., and the spread of the NP cloud (x100)",
-                ["np_btl", "bayes_posterior", "np_cloud_spread"], simplex_err)
+                ["np_btl", "bayes_posterior", "bayes_on_features", "np_cloud_spread"], simplex_err)
     out["figure"] = simplex_figure(*last)
     return out
 
@@ -268,8 +277,24 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
         print(f"| {name} | {u['np_dpo_attributes']} | {u['np_dpo_win_rate']:.2f} | {u['in_context_attributes']} | "
               f"{u['in_context_win_rate']:.2f} |" + (f" {u['dpo_mixed_win_rate']:.2f} | "
                                                      f"{u['np_dpo_vs_dpo_mixed_win_rate']:.2f} |" if mixed else ""))
-    print(f"z-swap: {steer['z_swap']}")
+    print(f"NP-DPO with no labels (the k = 0 latent): {steer['prior']}")
+    print_z_swap(steer["z_swap"])
     return {**out, "steering": steer}
+
+
+def print_z_swap(swap: dict) -> None:
+    """The z-swap check as a table: each latent's shift along the axis from each reference, and head to head."""
+    a, b = (n.strip() for n in swap["axis"].split(" - "))
+    print(f"\nz-swap along {swap['axis']} (mean over prompts ± s.e.):")
+    print(f"| shift from | with z of {a} user | with z of {b} user | swaps |\n|---|---|---|---|")
+    for ref, row in swap.items():
+        if ref.startswith("from_"):
+            print(f"| {ref[5:]} | " + " | ".join(f"{row[f'shift_with_z_{n}']['mean']:+.3f} ± "
+                                                 f"{row[f'shift_with_z_{n}']['se']:.3f}" for n in (a, b))
+                  + f" | {'yes' if row['swaps'] else 'no'} |")
+    gap = swap[f"{a}_vs_{b}"]
+    print(f"Head to head, {a} user's answer minus {b} user's on the same prompt: {gap['mean']:+.3f} ± {gap['se']:.3f}"
+          f" ({100 * gap['share_positive']:.0f} % of prompts > 0)")
 
 
 @torch.no_grad()

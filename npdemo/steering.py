@@ -5,7 +5,8 @@
 - steering: users at each simplex corner and the centre label 10 pairs; greedy generations for test prompts
   are scored by the attributes and by the true user's reward against the unsteered base model's answer;
 - the in-context baseline: the same labelled pairs written into the base model's prompt;
-- z-swap: each user's attribute shift must follow its latent (swap latents, the shift swaps).
+- z-swap: each user's attribute shift must follow its latent (swap latents, the shift swaps), measured from the
+  unsteered base and from the policy's own answers for a user with no labels.
 """
 from __future__ import annotations
 
@@ -138,16 +139,17 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
     prompts = sorted({r["prompt"] for r in bank.records if r["split"] == "test"})[:cfg.prompts]
     sampling = Sampling(max_new_tokens=cfg.new_tokens, greedy=True)
     base = policy.generate(prompts, None, sampling)
-    out = {"prompts": len(prompts), "base": attributes.score_many(base).mean(0).round(4).tolist(), "users": {}}
+    base_attrs = attributes.score_many(base)
+    out = {"prompts": len(prompts), "base": base_attrs.mean(0).round(4).tolist(), "users": {}}
     if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
         mixed_out = mixed.generate(prompts, torch.zeros(len(prompts), mixed.cfg.latent), sampling)
         out["dpo_mixed"] = attributes.score_many(mixed_out).mean(0).round(4).tolist()
-    latents = {}
+    per_prompt = {}
     for name, w in tqdm(users.items(), desc="steering users", unit="user"):
         ep, _, _ = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])
         z = encoder.latent(ep.ctx, ep.ctx_mask)
-        latents[name] = z
         steered = policy.generate(prompts, z.expand(len(prompts), -1), sampling)
+        per_prompt[name] = attributes.score_many(steered)
         pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()[0]]
         chosen = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 0], pairs[:, 1])
         rejected = np.where(ep.tgt_y.numpy()[0] == 1, pairs[:, 1], pairs[:, 0])
@@ -155,19 +157,44 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
                                                     sampling)  # the labelled pairs are encoded once per user
         out["users"][name] = {
             "w": w.round(3).tolist(),
-            "np_dpo_attributes": attributes.score_many(steered).mean(0).round(4).tolist(),
+            "np_dpo_attributes": per_prompt[name].mean(0).round(4).tolist(),
             "in_context_attributes": attributes.score_many(in_ctx).mean(0).round(4).tolist(),
             "np_dpo_win_rate": win_rate(w, steered, base), "in_context_win_rate": win_rate(w, in_ctx, base),
             "example": steered[0]}
         if mixed is not None:
             out["users"][name] |= {"dpo_mixed_win_rate": win_rate(w, mixed_out, base),
                                    "np_dpo_vs_dpo_mixed_win_rate": win_rate(w, steered, mixed_out)}
-    a, b = attributes.ATTRIBUTES[0], attributes.ATTRIBUTES[2]  # concise vs warm corner
-    axis = users[a] - users[b]
-    shift = {n: np.array(out["users"][n]["np_dpo_attributes"]) - np.array(out["base"]) for n in (a, b)}
-    out["z_swap"] = {"axis": f"{a} - {b}", f"shift_with_z_{a}": float(shift[a] @ axis),
-                     f"shift_with_z_{b}": float(shift[b] @ axis),
-                     "swaps": bool(np.sign(shift[a] @ axis) != np.sign(shift[b] @ axis))}
+    prior = attributes.score_many(policy.generate(prompts, encoder.latent(*bank.context([])).expand(len(prompts), -1),
+                                                  sampling))  # the policy for a user it knows nothing about
+    out["prior"] = prior.mean(0).round(4).tolist()
+    out["per_prompt"] = {"base": base_attrs.round(4).tolist(), "prior": prior.round(4).tolist(),
+                         **{n: a.round(4).tolist() for n, a in per_prompt.items()}}
+    out["z_swap"] = z_swap(per_prompt, {"base": base_attrs, "prior": prior})
+    return out
+
+
+def z_swap(per_prompt: dict[str, np.ndarray], references: dict[str, np.ndarray],
+           a: str = attributes.ATTRIBUTES[0], b: str = attributes.ATTRIBUTES[2]) -> dict:
+    """Do users a's and b's latents move answers in opposite directions along the a - b attribute axis?
+
+    per_prompt {user: (P, 3) attributes of its steered answers}, references {name: (P, 3)} on the same prompts.
+    From each reference, a latent's shift is the mean over prompts of axis . (steered - reference); the latents
+    "swap the direction" when a's shift is positive and b's negative. From the unsteered base this also counts
+    what every latent does (the shared DPO move); from the policy's own k = 0 latent ("prior") only what the
+    user's labels add. Head to head, the per-prompt gap axis . (a's answer - b's answer) and its share > 0.
+    """
+    axis = np.array([1.0, -1.0]) @ np.eye(len(attributes.ATTRIBUTES))[[attributes.ATTRIBUTES.index(n) for n in (a, b)]]
+
+    def stats(x: np.ndarray) -> dict:
+        return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")}
+
+    out: dict = {"axis": f"{a} - {b}"}
+    for ref_name, ref in references.items():
+        shift = {n: stats((per_prompt[n] - ref) @ axis) for n in (a, b)}
+        out[f"from_{ref_name}"] = {**{f"shift_with_z_{n}": v for n, v in shift.items()},
+                                   "swaps": bool(shift[a]["mean"] > 0 > shift[b]["mean"])}
+    gap = (per_prompt[a] - per_prompt[b]) @ axis
+    out[f"{a}_vs_{b}"] = {**stats(gap), "share_positive": float((gap > 0).mean())}
     return out
 
 

@@ -1,5 +1,6 @@
 """The policy evaluation runs end to end on a tiny model and reports bounded, sensible figures."""
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_tiny_lm, text_bank
@@ -54,7 +55,8 @@ def test_steering_report(tmp_path):
             assert 0 <= u[key] <= 1
         assert len(u["np_dpo_attributes"]) == 3
     assert len(out["dpo_mixed"]) == 3
-    assert set(out["z_swap"]) >= {"axis", "swaps"}
+    assert set(out["z_swap"]) == {"axis", "from_base", "from_prior", "concise_vs_warm"}
+    assert len(out["prior"]) == 3 and len(out["per_prompt"]["prior"]) == out["prompts"]
 
 
 def test_in_context_prompt_holds_the_labels():
@@ -94,3 +96,20 @@ def test_true_reward_reference_by_hand():
         r = bank.attributes[users.targets[u]] @ users.weights[u]  # (T, 2)
         expected = np.mean([0.5 if a == b else float((a > b) == y) for (a, b), y in zip(r, users.y[u])])
         assert oracle[0][u] == expected == oracle[10][u]
+
+
+def test_z_swap_by_hand():
+    """Shifts along concise - warm from each reference, the strict sign rule, and the head-to-head gap."""
+    concise = np.array([[0.9, 0.0, 0.5], [0.7, 0.0, 0.5]])
+    warm = np.array([[0.5, 0.0, 0.9], [0.5, 0.0, 0.7]])
+    base = np.array([[0.5, 0.0, 0.5], [0.5, 0.0, 0.5]])
+    shared = np.array([[0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])  # a reference both latents move "warmer" from
+    out = steering.z_swap({"concise": concise, "warm": warm}, {"base": base, "shared": shared})
+    assert out["axis"] == "concise - warm"
+    assert out["from_base"]["shift_with_z_concise"]["mean"] == pytest.approx(0.3)
+    assert out["from_base"]["shift_with_z_warm"]["mean"] == pytest.approx(-0.3)
+    assert out["from_base"]["swaps"]
+    assert out["from_shared"]["shift_with_z_concise"]["mean"] == pytest.approx(-0.2)
+    assert not out["from_shared"]["swaps"]
+    assert out["concise_vs_warm"]["mean"] == pytest.approx(0.6)
+    assert out["concise_vs_warm"]["share_positive"] == 1.0
