@@ -21,6 +21,7 @@ from .context_encoder import ContextEncoder
 from .dpo import encode_rows, logprobs, reference_key, reference_logprobs, split_rows
 from .embeddings import Bank
 from .episodes import Episodes
+from .evaluate import mean_se
 from .policy import ConditionalPolicy, Sampling
 from .users import sample_users, sample_weights
 
@@ -186,7 +187,7 @@ def z_swap(per_prompt: dict[str, np.ndarray], references: dict[str, np.ndarray],
     axis = np.array([1.0, -1.0]) @ np.eye(len(attributes.ATTRIBUTES))[[attributes.ATTRIBUTES.index(n) for n in (a, b)]]
 
     def stats(x: np.ndarray) -> dict:
-        return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")}
+        return dict(zip(("mean", "se"), mean_se(x)))
 
     out: dict = {"axis": f"{a} - {b}"}
     for ref_name, ref in references.items():
