@@ -91,6 +91,7 @@ def implicit_reward_accuracy(policy: ConditionalPolicy, encoder: ContextEncoder 
             r[u] = (cfg.beta * (lp.cpu() - ref[np.concatenate([a, b])])).view(2, -1).T.numpy()
             bar.update()
         acc[k] = users.accuracy(r[..., 0], r[..., 1], tol=cfg.beta * 1e-3)  # float noise of batched log-probs
+        bar.write(f"k = {k}: implicit-reward accuracy {100 * acc[k].mean():.1f} %")
     bar.close()
     return {k: acc.get(k, acc[KS[0]]) for k in KS}
 
