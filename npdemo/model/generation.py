@@ -1,0 +1,152 @@
+"""Generating from pi(y | x, z): sampling settings, chat-formatted prompts cut to the context window, and one
+batched `generate` call whose rows each carry their own z (None: the unsteered base model).
+
+Single-threaded here (evaluation); serving many visitors at once, with streaming and cancellation, is
+`npdemo.serve.streaming`, which runs the same `generate_rows` in a worker thread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from ..data.tokens import chat_text, common_prefix, encode, generate_after_prefix, left_pad
+from .policy import ConditionalPolicy
+
+
+@dataclass
+class Sampling:
+    """Generation settings; `check` turns bad values into one clear error."""
+    max_new_tokens: int = 160
+    temperature: float = 0.7
+    top_k: int = 50
+    repetition_penalty: float = 1.15
+    greedy: bool = False
+
+    def check(self) -> "Sampling":
+        problems = []
+        if not 1 <= int(self.max_new_tokens) <= 1024:
+            problems.append(f"max_new_tokens must be 1..1024, got {self.max_new_tokens}")
+        if not 0.05 <= float(self.temperature) <= 2.0:
+            problems.append(f"temperature must be 0.05..2, got {self.temperature}")
+        if not 1 <= int(self.top_k) <= 1000:
+            problems.append(f"top_k must be 1..1000, got {self.top_k}")
+        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+            problems.append(f"repetition_penalty must be 1..2, got {self.repetition_penalty}")
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems))
+        return self
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False, "max_new_tokens": int(self.max_new_tokens),
+                    "repetition_penalty": float(self.repetition_penalty)}
+        return {"do_sample": True, "temperature": float(self.temperature), "top_k": int(self.top_k), "top_p": 1.0,
+                "max_new_tokens": int(self.max_new_tokens), "repetition_penalty": float(self.repetition_penalty)}
+
+
+def check_prompt(prompt: str) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type a question or request")
+
+
+def prompt_limit(policy: ConditionalPolicy) -> int:
+    """Most tokens a prompt may take: half the context window, the other half is left for the answer."""
+    return getattr(policy.lm.model.config, "max_position_embeddings", 2048) // 2
+
+
+def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str | None]:
+    """Chat-formatted ids of one prompt, cut to fit the context window; the note says if it was cut."""
+    check_prompt(prompt)
+    tok, limit, note = policy.tokenizer, prompt_limit(policy), None
+    ids = encode(tok, prompt)
+    if len(ids) > limit:
+        prompt = tok.decode(ids[:limit])
+        note = f"the prompt was {len(ids)} tokens; it was cut to the first {limit} to fit the context window"
+    return encode(tok, chat_text(tok, [{"role": "user", "content": prompt}])), note
+
+
+def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling) -> None:
+    """Refuse bad sampling settings, an empty prompt, a missing z, or a z of the wrong size with a clear ValueError."""
+    sampling.check()
+    for prompt in prompts:
+        check_prompt(prompt)
+    if len(prompts) != len(zs) or not prompts:
+        raise ValueError(f"need one z per prompt, got {len(prompts)} prompts and {len(zs)} latents")
+    for z in zs:
+        policy.check_latent(z)
+
+
+class RowTokens(BaseStreamer):
+    """Collects the new tokens of each row of a batched `generate` up to its end-of-sequence token; `on_step`,
+    if given, receives every row's text so far after each decoding step (for streaming)."""
+
+    def __init__(self, tokenizer, rows: int, eos: int | list[int] | None,
+                 on_step: Callable[[list[str]], None] | None = None):
+        self.tokenizer, self.on_step = tokenizer, on_step
+        self.eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.finished = [False] * rows
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate hands over the prompt first
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(len(self.tokens), -1)[:, -1].tolist()):
+            if self.finished[i] or token in self.eos:
+                self.finished[i] = True
+                continue
+            self.tokens[i].append(token)
+        if self.on_step is not None:
+            self.on_step(self.texts())
+
+    def end(self) -> None:
+        pass
+
+    def texts(self) -> list[str]:
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
+
+
+@torch.no_grad()
+def generate_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
+                  collector: RowTokens, **generate_kwargs) -> None:
+    """One batched generate call, row i steered by zs[i] (None: base), its tokens collected by `collector`."""
+    check_rows(policy, prompts, zs, sampling)
+    ids, mask = left_pad([prompt_ids(policy, p)[0] for p in prompts], policy.tokenizer.pad_token_id)
+    dev = policy.lm.device
+    with policy.conditioned(zs):
+        policy.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), streamer=collector,
+                              adapter_names=policy.adapter_names(zs), pad_token_id=policy.tokenizer.pad_token_id,
+                              **sampling.generate_kwargs(), **generate_kwargs)
+
+
+def row_tokens(policy: ConditionalPolicy, rows: int, on_step: Callable[[list[str]], None] | None = None) -> RowTokens:
+    """A collector for `rows` rows that knows the model's end-of-sequence tokens."""
+    return RowTokens(policy.tokenizer, rows, policy.lm.model.generation_config.eos_token_id, on_step)
+
+
+def generate(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
+    """Batched answers, row i conditioned on z[i]; z = None: the unsteered base model for every row."""
+    zs = [None] * len(prompts) if z is None else list(z)
+    collector = row_tokens(policy, len(prompts))
+    generate_rows(policy, prompts, zs, sampling, collector)
+    return collector.texts()
+
+
+@torch.no_grad()
+def generate_base_shared_prefix(policy: ConditionalPolicy, prompts: list[str], sampling: Sampling) -> list[str]:
+    """Base-model answers to prompts that begin alike (the in-context baseline: the same labelled pairs, then a
+    question). The common token prefix is encoded once and its KV cache reused by every row; each row's own tail
+    is padded in the middle (masked), so positions, and the answers, match generating alone."""
+    check_rows(policy, prompts, [None] * len(prompts), sampling)
+    rows = [prompt_ids(policy, p)[0] for p in prompts]
+    P = common_prefix(rows)
+    ids, mask = left_pad([r[P:] for r in rows], policy.tokenizer.pad_token_id, prefix=rows[0][:P])
+    dev = policy.lm.device
+    with policy.reference():
+        out = generate_after_prefix(policy.model, ids.to(dev), mask.to(dev), P,
+                                    pad_token_id=policy.tokenizer.pad_token_id, **sampling.generate_kwargs())
+    return policy.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)

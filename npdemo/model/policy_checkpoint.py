@@ -1,0 +1,52 @@
+"""Policy checkpoints: LoRA + FiLM + the context encoder, with a manifest naming the base model and a hash of its
+weights; loading is strict and refuses a checkpoint trained on other base weights."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..data.base_model import LoadedModel, fingerprint
+from . import checkpoints
+from .context_encoder import ContextEncoder, EncoderConfig
+from .policy import ConditionalPolicy, PolicyConfig
+
+
+def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
+                **extra) -> Path:
+    """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash.
+
+    An unconditioned policy (the DPO-mixed baseline) never used FiLM or the encoder: only its LoRA is saved."""
+    from peft import get_peft_model_state_dict
+
+    config = policy.lm.model.config
+    base = {"name": policy.lm.name, "fingerprint": fingerprint(policy.lm.model), "hidden_size": config.hidden_size,
+            "layers": config.num_hidden_layers}
+    modules = {"lora": get_peft_model_state_dict(policy.model)}
+    if conditioned:
+        modules |= {"film": policy.film, "encoder": encoder}
+    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned,
+                            config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
+                            **extra)
+
+
+def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder | None]:
+    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights is refused.
+
+    Returns the policy and its context encoder (None for an unconditioned policy, whose FiLM stays identity)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    manifest = checkpoints.read_manifest(directory, "policy")
+    base, fp = manifest["base_model"], fingerprint(lm.model)
+    if fp != base["fingerprint"]:
+        raise checkpoints.CheckpointError(
+            f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
+            f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
+    policy = ConditionalPolicy(lm, PolicyConfig(**manifest["config"]["policy"]))
+    lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
+    set_peft_model_state_dict(policy.model, lora)
+    if not manifest.get("conditioned", True):
+        return policy, None
+    encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
+    checkpoints.load_into(directory, "film", policy.film)
+    checkpoints.load_into(directory, "encoder", encoder)
+    return policy, encoder.eval()

@@ -1,0 +1,170 @@
+"""NP-DPO training: simulated users' labelled pairs -> z (NP context encoder) -> DPO on the FiLM + LoRA policy.
+
+Per step: a few simulated users, each with a context of 0..k_max pairs (giving z) and target pairs disjoint
+from the context; loss = DPO(pi(chosen | z), pi(rejected | z), ref(chosen), ref(rejected)). The reference
+is the base model (LoRA and FiLM off), and a response's reference log-prob does not depend on the user, so it
+is computed once per bank response and cached. Log-probs are summed over response tokens only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import config
+from ..data.bank import Bank
+from ..data.episodes import Episodes, orient
+from ..data.users import sample_users
+from ..model.context_encoder import ContextEncoder
+from ..model.logprobs import encode_rows, logprobs, reference_logprobs
+from ..model.losses import dpo_loss
+from ..model.policy import ConditionalPolicy
+from . import distributed
+
+
+@dataclass
+class DPOConfig:
+    steps: int = 240            # optimiser steps (about 30 min on a 2-core CPU in fp32)
+    users: int = 4              # simulated users per step, each with its own latent
+    pairs_per_user: int = 1     # target pairs per user per step (2 sequences each)
+    target_candidates: int = 6  # candidate target pairs per user; it trains on its clearest (largest |r_w gap|)
+    k_max: int = 6              # context sizes 0..k_max, as in the paper's DPO runs
+    beta: float = 0.1           # DPO beta
+    lr: float = 5e-4            # LoRA + FiLM learning rate (constant)
+    max_grad_norm: float = 1.0  # gradient clipping, as in trl's DPO trainer
+    max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
+    conditioned: bool = True    # False: the DPO-mixed baseline, same data and steps but no latent (FiLM off)
+    train_encoder: bool = False  # fine-tune the NP context encoder with the policy (frozen by default)
+    seed: int = 0
+
+
+@dataclass
+class DPOBatch:
+    """One step's data: the users' contexts (for z) and their target pairs as bank rows, one user index per pair."""
+    ep: Episodes           # users' contexts and drawn targets
+    chosen: np.ndarray     # (P,) bank rows of the chosen responses
+    rejected: np.ndarray   # (P,) bank rows of the rejected responses
+    user: np.ndarray       # (P,) which user each pair belongs to
+
+
+def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator) -> DPOBatch:
+    """Users with contexts (for z) and target pairs outside the context, oriented [chosen, rejected] rows.
+
+    Each user draws `target_candidates` target pairs after its context and keeps the `pairs_per_user` it feels most
+    strongly about (largest true reward gap; the label is still its BTL choice): a random pair of a 3-attribute
+    user is often a near tie, which teaches the policy nothing about that user.
+    """
+    T = cfg.k_max + cfg.target_candidates
+    k = rng.integers(0, cfg.k_max + 1, size=cfg.users)
+    ep, w, _ = sample_users(bank, "train", cfg.users, T, k, rng)
+    pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (U, T, 2) rows
+    gap = np.abs(((bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]) * w[:, None]).sum(-1))
+    rows = orient(pairs, ep.tgt_y.numpy())  # (U, T, 2) [chosen, rejected]
+    chosen, rejected, user = [], [], []
+    for u in range(cfg.users):
+        after = np.arange(k[u], k[u] + cfg.target_candidates)  # targets never include the context
+        for t in after[np.argsort(-gap[u, after], kind="stable")[:cfg.pairs_per_user]]:
+            chosen.append(rows[u, t, 0])
+            rejected.append(rows[u, t, 1])
+            user.append(u)
+    return DPOBatch(ep, np.array(chosen), np.array(rejected), np.array(user))
+
+
+def disable_cpu_weight_packing(model: torch.nn.Module) -> None:
+    """bitsandbytes on AVX512-BF16 CPUs: after one no-grad forward, NF4 weights stay repacked for a kernel with
+    no autograd, so LoRA gradients silently vanish. Turning the packing off before training avoids it."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+
+
+def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
+    """Where an unfinished run keeps its state; the name pins the run's config and reference."""
+    key = json.dumps([asdict(cfg), ref_key], sort_keys=True, default=str)
+    return config.CACHE / "dpo" / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: DPOConfig, ref_key: str,
+              log_every: int = 20, save_every: int = 25, ranks: distributed.Ranks = distributed.Ranks()) -> list[dict]:
+    """Train LoRA + FiLM (LoRA only when not conditioned; the encoder too with cfg.train_encoder); returns the log.
+
+    Every `save_every` steps the trainable weights, optimiser and random state go to the cache, and a run
+    started again with the same config and reference resumes there. Under a launcher each rank trains on its
+    slice of every step's users and gradients are summed across ranks (npdemo.distributed).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    batches = [dpo_step_batch(bank, cfg, rng) for _ in range(cfg.steps)]  # fixed by the seed: resumable
+    disable_cpu_weight_packing(policy.model)
+    rows = encode_rows(policy, bank, cfg.max_tokens)
+    used = np.unique(np.concatenate([np.concatenate([b.chosen, b.rejected]) for b in batches]))
+    if not ranks.main:
+        distributed.barrier(ranks)  # rank 0 computes and caches the reference; the others then read it
+    ref = reference_logprobs(policy, rows, ref_key, used)  # only the responses this run trains on
+    if ranks.main:
+        distributed.barrier(ranks)
+    mine = ranks.users(cfg.users)
+    params = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.film.parameters())
+    encoder.requires_grad_(cfg.train_encoder)
+    if cfg.train_encoder:
+        params += list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    modules = {"film": policy.film, "encoder": encoder, "opt": opt}
+    lora = [p for p in policy.model.parameters() if p.requires_grad]
+    state_path, log, first = _state_path(cfg, ref_key), [], 1
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        with torch.no_grad():
+            for p, saved in zip(lora, state["lora"]):
+                p.copy_(saved)
+        log, first = state["log"], state["step"] + 1
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming {state_path.name} at step {first}")
+    policy.model.train()
+    encoder.train(cfg.train_encoder)
+    window = []
+    bar = tqdm(range(first, cfg.steps + 1), desc="NP-DPO" if cfg.conditioned else "DPO-mixed",
+               initial=first - 1, total=cfg.steps, disable=not ranks.main)
+    for step in bar:
+        batch = batches[step - 1]
+        ep, c, r, user = batch.ep, batch.chosen, batch.rejected, batch.user
+        with torch.set_grad_enabled(cfg.train_encoder):
+            z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), one latent per target pair
+        keep = np.isin(user, mine)  # this rank's users' pairs (all of them in one process)
+        c, r, z = c[keep], r[keep], z[torch.from_numpy(keep)]
+        lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r],
+                      torch.cat([z, z]).to(policy.lm.device) if cfg.conditioned else None)
+        pi_c, pi_r = lp.chunk(2)
+        losses, rc, rr = dpo_loss(pi_c, pi_r, ref[c].to(lp), ref[r].to(lp), cfg.beta)
+        opt.zero_grad(set_to_none=True)
+        (losses.sum() / len(keep)).backward()  # the mean over the whole step's pairs, summed across ranks
+        distributed.sum_gradients(params, ranks)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        stats = distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item()]), ranks)
+        window.append((stats / len(keep)).tolist())
+        if step % log_every == 0 or step == cfg.steps:
+            loss, acc = np.mean(window, axis=0)
+            log.append({"step": step, "loss": float(loss), "implicit_reward_acc": float(acc)})
+            if ranks.main:
+                bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f}")
+            window = []
+        if ranks.main and step % save_every == 0 and step < cfg.steps:
+            torch.save({"step": step, "log": log, "torch_rng": torch.get_rng_state(), "lora": [p.detach().clone() for p in lora],
+                        **{name: m.state_dict() for name, m in modules.items()}}, state_path)
+    policy.model.eval()
+    encoder.eval().requires_grad_(False)
+    if ranks.main:
+        state_path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
+    return log

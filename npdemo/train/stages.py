@@ -1,0 +1,192 @@
+"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy|policy_mixed] [--key=value]`.
+
+With no stage, every stage runs in order and finished ones are skipped; name a stage to rebuild it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..config import (CHECKPOINTS, POLICY_DIR, POLICY_MIXED_DIR, REWARD_DIR, REWARD_MODELS, SYNTHETIC_DIR,
+                      SYNTHETIC_MODELS, parse_cli, split_words)
+from ..data import base_model, synthetic, users
+from ..data.bank import BankError, load_bank
+from ..data.corpus import CORPUS
+from ..model import checkpoints
+from ..model.context_encoder import EncoderConfig
+from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
+from ..model.policy_checkpoint import save_policy
+from ..model.logprobs import reference_key
+from ..model.reward import RewardConfig, build_reward_model, load_reward_model
+from . import corpus_build, distributed, dpo
+from .bank_build import embed_corpus
+from .corpus_build import CorpusConfig
+from .dpo import DPOConfig
+from .fit import FitConfig, fit
+
+
+@dataclass
+class UserBatchConfig:
+    """What every reward stage shares: steps of batches of simulated users, validation users, network width."""
+    steps: int = 2000        # optimiser steps per model
+    lr: float = 1e-3         # peak learning rate
+    batch_users: int = 64    # users per batch (the paper's 64)
+    n_targets: int = 20      # target pairs per user (the paper's 20)
+    k_max: int = 10          # context sizes drawn uniformly from 0..k_max per user
+    val_batches: int = 8     # fixed validation batches for checkpoint selection
+    eval_every: int = 250    # steps between validation passes
+    hidden: int = 128        # H
+    seed: int = 0
+
+
+@dataclass
+class SyntheticConfig(UserBatchConfig):
+    steps: int = 6000        # optimiser steps per NP model
+    baseline_steps: int = 1500  # BTL and DPL plateau within a few hundred steps
+
+
+def reward_config(spec: dict, d: int, hidden: int, latent: int) -> RewardConfig:
+    """A RewardConfig from a model spec such as SYNTHETIC_MODELS' entries."""
+    spec = dict(spec)
+    latent_kind = spec.pop("latent_kind", "deterministic")
+    enc = EncoderConfig(d=d, hidden=hidden, latent=latent, aggregation="sum", latent_kind=latent_kind)
+    return RewardConfig(d=d, hidden=hidden, encoder=enc, **spec)
+
+
+def fit_and_save(directory: Path, model_cfg: RewardConfig, sample_batch, val_eps, fit_cfg: FitConfig,
+                 **manifest) -> str:
+    """Train one reward model with checkpoint selection and write it (weights + manifest) to `directory`."""
+    start = time.time()
+    model, best = fit(build_reward_model(model_cfg), sample_batch, val_eps, fit_cfg, directory.name)
+    path = checkpoints.save(directory, {"model": model}, kind="reward", config=model_cfg.to_dict(), best=best,
+                            train_seconds=round(time.time() - start, 1), **manifest)
+    return str(path.parent)
+
+
+def train_synthetic(cfg: SyntheticConfig) -> list[str]:
+    """Train NP-BTL (both latents), BTL and DPL on the synthetic task; write checkpoints/synthetic/<name>."""
+    train, val = synthetic.load("train"), synthetic.load("val")
+    val_rng = np.random.default_rng(cfg.seed + 1)
+    val_eps = [val.sample(cfg.batch_users, cfg.n_targets, np.arange(cfg.batch_users) % (cfg.k_max + 1), val_rng)[0]
+               for _ in range(cfg.val_batches)]
+
+    def sample_batch(rng: np.random.Generator):
+        k = rng.integers(0, cfg.k_max + 1, size=cfg.batch_users)
+        return train.sample(cfg.batch_users, cfg.n_targets, k, rng)[0]
+
+    written = []
+    for name, spec in SYNTHETIC_MODELS.items():
+        model_cfg = reward_config(spec, d=1, hidden=cfg.hidden, latent=cfg.hidden)
+        steps = cfg.steps if model_cfg.kind == "np" else cfg.baseline_steps
+        fit_cfg = FitConfig(steps=steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
+        written.append(fit_and_save(SYNTHETIC_DIR / name, model_cfg, sample_batch, val_eps, fit_cfg,
+                                    train=asdict(cfg)))
+    return written
+
+
+def build_corpus(cfg: CorpusConfig) -> list[str]:
+    """Sample the styled response corpus from the unquantized base model."""
+    lm = base_model.load(cfg.model or None, quant=cfg.quant)
+    return [str(corpus_build.build(cfg, lm))]
+
+
+@dataclass
+class RewardTrainConfig(UserBatchConfig):
+    latent: int = 64         # size of z
+    weight_decay: float = 0.01
+    beta_kl: float = 0.1     # NP-BTL KL weight: at 1.0 the latent collapsed on this corpus (NP-BTL = BTL-mixed)
+    model: str = ""          # base model for the embeddings (default: the default id)
+
+
+def train_reward(cfg: RewardTrainConfig) -> list[str]:
+    """NP-BTL (Gaussian latent) and BTL-mixed on simulated users over the corpus pair bank."""
+    try:
+        bank = load_bank()  # the shipped bank, if it matches the corpus and the model
+        if bank.meta["model"] != base_model.model_name(cfg.model or None):
+            raise BankError("another base model")
+    except BankError:
+        embed_corpus(cfg.model)  # cached per row: only new corpus rows are embedded
+        bank = load_bank()
+    val_rng = np.random.default_rng(cfg.seed + 1)
+    val_eps = [users.sample_users(bank, "val", cfg.batch_users, cfg.n_targets,
+                                  np.arange(cfg.batch_users) % (cfg.k_max + 1), val_rng)[0]
+               for _ in range(cfg.val_batches)]
+
+    def sample_batch(rng: np.random.Generator):
+        k = rng.integers(0, cfg.k_max + 1, size=cfg.batch_users)
+        return users.sample_users(bank, "train", cfg.batch_users, cfg.n_targets, k, rng)[0]
+
+    fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
+                        weight_decay=cfg.weight_decay)
+    return [fit_and_save(REWARD_DIR / name, reward_config({**spec, "beta_kl": cfg.beta_kl}, bank.features.shape[1],
+                                                          cfg.hidden, cfg.latent),
+                         sample_batch, val_eps, fit_cfg, train=asdict(cfg), bank=bank.meta)
+            for name, spec in REWARD_MODELS.items()]
+
+
+@dataclass
+class PolicyTrainConfig(LoRAConfig, DPOConfig):
+    """The DPO recipe plus the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
+    model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
+    quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs)
+
+    def policy_config(self, latent: int) -> PolicyConfig:
+        return PolicyConfig(latent=latent, **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
+
+
+def train_policy(cfg: PolicyTrainConfig) -> list[str]:
+    """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder.
+
+    With conditioned=False (the policy_mixed stage) the same run trains the DPO-mixed baseline (no latent) into
+    checkpoints/policy_mixed. Under `accelerate launch` / `torchrun` the ranks share each step (data parallel).
+    """
+    ranks = distributed.init()
+    bank = load_bank()
+    np_btl = load_reward_model(REWARD_DIR / "np_btl")
+    lm = base_model.load(cfg.model or None, quant=cfg.quant, device=distributed.device(ranks))
+    bank.check_model(lm)
+    pol = ConditionalPolicy(lm, cfg.policy_config(np_btl.cfg.encoder.latent))
+    start = time.time()
+    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=reference_key(lm, bank, cfg.max_tokens),
+                        ranks=ranks)
+    if not ranks.main:
+        return []
+    path = save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
+                       conditioned=cfg.conditioned, train=asdict(cfg), log=log, bank=bank.meta,
+                       train_seconds=round(time.time() - start, 1))
+    return [str(path.parent)]
+
+
+def has_checkpoints(directory: Path, names) -> bool:
+    return all((directory / n / checkpoints.MANIFEST).is_file() for n in names)
+
+
+# stage: (config class, run, finished?) -- with no stage named, finished stages are skipped
+STAGES = {
+    "synthetic": (SyntheticConfig, train_synthetic, lambda: has_checkpoints(SYNTHETIC_DIR, SYNTHETIC_MODELS)),
+    "corpus": (CorpusConfig, build_corpus, CORPUS.is_file),
+    "reward": (RewardTrainConfig, train_reward, lambda: has_checkpoints(REWARD_DIR, REWARD_MODELS)),
+    "policy": (PolicyTrainConfig, train_policy, lambda: has_checkpoints(CHECKPOINTS, ["policy"])),
+    "policy_mixed": (lambda: PolicyTrainConfig(conditioned=False), train_policy,
+                     lambda: has_checkpoints(CHECKPOINTS, ["policy_mixed"])),
+}
+
+
+def main(argv: list[str]) -> None:
+    stages, _ = split_words(argv)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    for stage in stages or list(STAGES):
+        config_cls, run, finished = STAGES[stage]
+        if not stages and finished():
+            print(f"== {stage}: already built, skipped (name the stage to rebuild it)")
+            continue
+        _, cfg = parse_cli(argv, config_cls())
+        print(f"== {stage}: {cfg}")
+        for path in run(cfg):
+            print(f"wrote {path}")
+

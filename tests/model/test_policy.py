@@ -1,0 +1,152 @@
+"""The conditional policy: identity at init, a clean reference, per-row latents, thread isolation, no hangs."""
+import threading
+
+import pytest
+import torch
+
+from conftest import GREEDY, make_tiny_lm, perturb
+from npdemo.model.generation import Sampling, generate, prompt_ids
+from npdemo.model.policy import ConditionalPolicy, PolicyConfig
+
+
+def logits(pol, z):
+    with torch.no_grad(), pol.conditioned(z):
+        return pol.model(pol.ids).logits
+
+
+def test_identity_at_init_and_reference_is_the_base(policy):
+    z = torch.randn(1, 8)
+    torch.testing.assert_close(logits(policy, z), policy.base_logits)
+    perturb(policy)
+    assert not torch.allclose(logits(policy, z), policy.base_logits)
+    with torch.no_grad(), policy.conditioned(z), policy.reference():
+        torch.testing.assert_close(policy.model(policy.ids).logits, policy.base_logits)
+    assert not torch.allclose(logits(policy, z), policy.base_logits)  # state restored after the reference
+    assert policy.hooks.gamma is None  # nothing left applied outside a block
+
+
+def test_each_row_gets_its_own_latent(policy):
+    perturb(policy)
+    z = torch.randn(2, 8) * 3
+    prompts = ["How do I boil an egg?", "Tips for a rainy day?"]
+    batched = generate(policy, prompts, z, GREEDY)
+    alone = [generate(policy, [p], z[i:i + 1], GREEDY)[0] for i, p in enumerate(prompts)]
+    assert batched == alone
+    assert generate(policy, prompts, None, GREEDY) != alone  # the latent changes the text
+
+
+def test_one_batch_streams_steered_and_base_rows_side_by_side(policy, streamer):
+    perturb(policy)
+    z = torch.randn(1, 8) * 3
+    prompt = "How do I boil an egg?"
+    steps = list(streamer.stream_rows([prompt, prompt], [z, None], GREEDY))
+    assert len(steps) > 1 and all(len(texts) == 2 for texts in steps)  # streamed step by step, both rows
+    assert steps[-1] == [list(streamer.stream(prompt, z, GREEDY))[-1], list(streamer.stream(prompt, None, GREEDY))[-1]]
+    assert steps[-1] == generate(policy, [prompt, prompt], [z, None], GREEDY)  # the same call, not streamed
+    ids = torch.tensor([prompt_ids(policy, prompt)[0]])
+    with torch.no_grad(), policy.reference():  # the None row is the base model: no LoRA, no FiLM
+        base = policy.model.generate(ids, pad_token_id=policy.tokenizer.pad_token_id, **GREEDY.generate_kwargs())
+    assert steps[-1][1] == policy.tokenizer.decode(base[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_concurrent_streams_never_share_a_latent(policy, streamer):
+    perturb(policy)
+    zs = [torch.randn(1, 8) * 3 for _ in range(2)]
+    prompt = "Any tips for sleeping better?"
+    solo = [list(streamer.stream(prompt, z, GREEDY))[-1] for z in zs]
+    assert solo[0] != solo[1]
+    results = [None, None]
+
+    def run(i):
+        results[i] = list(streamer.stream(prompt, zs[i], GREEDY))[-1]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == solo
+
+
+def test_errors_inside_generation_surface_quickly(policy, streamer):
+    def boom(module, args, out):
+        raise RuntimeError("kaboom")
+
+    handle = policy.model.get_decoder().layers[0].register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="kaboom"):
+            list(streamer.stream("Hello there", None, GREEDY))
+    finally:
+        handle.remove()
+    assert not streamer.lock.locked()
+    assert list(streamer.stream("Hello there", None, GREEDY))  # still serves
+
+
+def test_bad_input_is_a_clear_error(policy, streamer):
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=0).check()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(streamer.stream("hi", None, Sampling(max_new_tokens=0)))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        list(streamer.stream("   ", None, GREEDY))
+    with pytest.raises(ValueError, match="z must have shape"):
+        generate(policy, ["hi"], torch.zeros(1, 3), GREEDY)
+    ids, note = prompt_ids(policy, "word " * 5000)
+    assert note and "cut" in note and len(ids) < 5000
+
+
+def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
+    from npdemo.model import checkpoints
+    from npdemo.model.context_encoder import ContextEncoder, EncoderConfig
+    from npdemo.model.policy_checkpoint import load_policy, save_policy
+
+    pol = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
+    perturb(pol)
+    encoder = ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8))
+    save_policy(pol, encoder, tmp_path, train_log=[])
+    loaded, enc = load_policy(tmp_path, make_tiny_lm())  # same seed: the same base weights
+    z = torch.randn(2, 8)
+    ids = torch.tensor([[1, 2, 3, 4, 5]] * 2)
+    with torch.no_grad():
+        with pol.conditioned(z):
+            a = pol.model(ids).logits
+        with loaded.conditioned(z):
+            b = loaded.model(ids).logits
+    torch.testing.assert_close(a, b)
+    other = make_tiny_lm()
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight.add_(0.01)  # other base weights
+    with pytest.raises(checkpoints.CheckpointError, match="was trained on"):
+        load_policy(tmp_path, other)
+    save_policy(pol, encoder, tmp_path / "mixed", conditioned=False)  # the DPO-mixed baseline: LoRA only
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["lora.safetensors", "manifest.json"]
+    mixed, no_encoder = load_policy(tmp_path / "mixed", make_tiny_lm())
+    with torch.no_grad(), pol.conditioned(None), mixed.conditioned(None):
+        torch.testing.assert_close(mixed.model(ids).logits, pol.model(ids).logits)
+    assert no_encoder is None and all((p == 0).all() for p in mixed.film.parameters())  # FiLM stays identity
+
+
+def test_nf4_base_with_lora_and_film(tmp_path):
+    import bitsandbytes as bnb
+
+    from npdemo.data import base_model
+
+    tiny = make_tiny_lm()
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    lm = base_model.load(str(tmp_path), quant="nf4")
+    assert lm.quant == "nf4" and any(isinstance(m, bnb.nn.Linear4bit) for m in lm.model.modules())
+    assert base_model.fingerprint(lm.model) == base_model.fingerprint(tiny.model)  # same base, any precision
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        base = lm.model(ids).logits
+    pol = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4))
+    torch.testing.assert_close(logits_of(pol, ids, torch.randn(1, 8)), base)  # identity at init, on NF4
+    perturb(pol)
+    assert not torch.allclose(logits_of(pol, ids, torch.randn(1, 8)), base)
+    assert generate(pol, ["Hello"], torch.randn(1, 8), GREEDY)
+
+
+def logits_of(pol, ids, z):
+    with torch.no_grad(), pol.conditioned(z):
+        return pol.model(ids).logits
