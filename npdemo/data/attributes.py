@@ -4,7 +4,8 @@ Simulated users weight ``concise``, ``structured`` and ``warm`` (in that order);
 their reward for a reply is the weighted sum of these scores. The scorers are
 cheap, deterministic and transparent so that the reward is reproducible and hard
 to game: each one reads a different surface signal (word count, line layout,
-tone markers), and all three map into [0, 1].
+tone markers), and all three map into [0, 1]. Junk (`npdemo.data.junk`) cannot win: it scores 0 on concise
+and structured, its emoji and smileys add no warmth, and a list item or heading counts only if it holds a word.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from .junk import check_text, has_real_word
 
 ATTRIBUTES: tuple[str, ...] = ("concise", "structured", "warm")
 
@@ -57,18 +60,23 @@ def _normalise(text: str) -> str:
     return text.replace("\u2019", "'")
 
 
+def _junk(text: str, verdict: bool | None) -> bool:
+    """The caller's junk verdict (which may include fluency), else the text checks'."""
+    return check_text(text).junk if verdict is None else verdict
+
+
 def _word_count(text: str) -> int:
     """Number of words, in any script; punctuation, emoji and symbols are not words."""
     return len(_WORD.findall(_normalise(text)))
 
 
-def concise(text: str) -> float:
+def concise(text: str, junk: bool | None = None) -> float:
     """Brevity seen at a glance: a smooth decreasing map of word count.
 
-    Text with no words scores 0.0, so an empty reply cannot win on brevity.
+    Text with no words, or junk, scores 0.0, so an empty or garbled reply cannot win on brevity.
     """
     n = _word_count(text)
-    if n == 0:
+    if n == 0 or _junk(text, junk):
         return 0.0
     return 1.0 / (1.0 + (n / _CONCISE_MIDPOINT_WORDS) ** _CONCISE_SLOPE)
 
@@ -80,13 +88,15 @@ def _is_heading(line: str) -> bool:
     return bool(_HEADING_LINE.match(line)) or short_label
 
 
-def structured(text: str) -> float:
+def structured(text: str, junk: bool | None = None) -> float:
     """Visible layout: list items and headings on their own lines, saturating near 5 items.
 
-    Counts lines rather than length, so plain prose scores ~0 however long it is.
+    Counts lines rather than length, so plain prose scores ~0 however long it is; junk scores 0.
     """
+    if _junk(text, junk):
+        return 0.0
     units = 0.0
-    for line in text.splitlines():
+    for line in filter(has_real_word, text.splitlines()):
         if _ITEM_LINE.match(line):
             units += 1.0
         elif _is_heading(line):
@@ -95,22 +105,26 @@ def structured(text: str) -> float:
     return units**3 / (units**3 + _STRUCT_HALF_UNITS**3)
 
 
-def warm(text: str) -> float:
+def warm(text: str, junk: bool | None = None) -> float:
     """Friendly, encouraging tone: density of warm markers, saturating at 1.
 
-    Density is per 50 words so one "enjoy" in a long formal text stays low.
+    Density is per 50 words so one "enjoy" in a long formal text stays low; in junk, emoji and smileys count 0.
     """
     norm = _normalise(text)
-    points = sum(weight * len(pattern.findall(norm)) for pattern, weight in _WARM_WEIGHTS)
+    junk = _junk(text, junk)
+    points = sum(weight * len(pattern.findall(norm)) for pattern, weight in _WARM_WEIGHTS
+                 if not (junk and pattern in (_EMOJI, _SMILEY)))
     density = points / max(1.0, _word_count(norm) / _WARM_WORDS_PER_UNIT)
     return 1.0 - math.exp(-density)
 
 
-def score(text: str) -> np.ndarray:
-    """All three attribute scores of one text, shape (3,), in ATTRIBUTES order."""
-    return np.array([concise(text), structured(text), warm(text)], dtype=np.float64)
+def score(text: str, junk: bool | None = None) -> np.ndarray:
+    """All three attribute scores of one text, shape (3,), in ATTRIBUTES order; `junk`: a verdict known already
+    (e.g. with fluency), else the text checks decide."""
+    return np.array([concise(text, junk), structured(text, junk), warm(text, junk)], dtype=np.float64)
 
 
-def score_many(texts: Sequence[str]) -> np.ndarray:
+def score_many(texts: Sequence[str], junk: Sequence[bool] | None = None) -> np.ndarray:
     """Scores of many texts, shape (N, 3); (0, 3) for no texts."""
-    return np.array([score(t) for t in texts], dtype=np.float64).reshape(-1, len(ATTRIBUTES))
+    verdicts = [None] * len(texts) if junk is None else [bool(j) for j in junk]
+    return np.array([score(t, j) for t, j in zip(texts, verdicts)], dtype=np.float64).reshape(-1, len(ATTRIBUTES))

@@ -4,7 +4,6 @@ NP models expect. It is built by `npdemo.train.bank_build`; here it is read, che
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,19 +14,16 @@ from safetensors.torch import load_file
 
 from ..config import ASSETS
 from .base_model import LoadedModel, fingerprint
-from .corpus import CORPUS, load_corpus
+from .corpus import CORPUS, file_sha256, load_corpus
 from .embeddings import parts, pooled_features
 from .episodes import orient
+from .quality_scores import QualityError, QualityScores, load_quality_scores
 
 BANK = ASSETS / "bank-v1.safetensors"
 
 
 class BankError(RuntimeError):
     """A pair bank that is missing, damaged, or belongs to another corpus or base model."""
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -41,6 +37,7 @@ class Bank:
     std: torch.Tensor         # (D,)
     meta: dict
     records: list[dict]       # corpus rows
+    quality: QualityScores | None = None  # answer quality of each row (None: a toy bank in tests)
 
     def standardise(self, pooled: torch.Tensor) -> torch.Tensor:
         return (pooled - self.mean) / self.std
@@ -78,10 +75,18 @@ class Bank:
         """Labelled pairs as one user's NP context: features (1, K, 2, d) [chosen, rejected] and mask (1, K)."""
         return self.features[torch.from_numpy(self.oriented(labels))][None], torch.ones(1, len(labels), dtype=torch.bool)
 
-    def attribute_diffs(self, labels: list[tuple[int, int]]) -> np.ndarray:
-        """Attributes of chosen minus rejected for labelled pairs: (1, K, 3), what the exact Bayes posterior reads."""
+    def row_diffs(self, values: np.ndarray, labels: list[tuple[int, int]]) -> np.ndarray:
+        """Per-row values (R, ...) of chosen minus rejected for labelled pairs: (1, K, ...); with the attributes
+        and the shared reward part, what the exact Bayes posterior reads."""
         rows = self.oriented(labels)
-        return (self.attributes[rows[:, 0]] - self.attributes[rows[:, 1]])[None]
+        return (values[rows[:, 0]] - values[rows[:, 1]])[None]
+
+    def clean_pairs(self) -> np.ndarray:
+        """Indices of pairs with no junk response: the ones people are shown and DPO may target."""
+        if self.quality is None:
+            return np.arange(len(self.pairs))
+        pairs = self.pairs.numpy()
+        return np.flatnonzero(~(self.quality.junk[pairs[:, 0]] | self.quality.junk[pairs[:, 1]]))
 
 
 def load_bank(path: Path = BANK) -> Bank:
@@ -100,6 +105,10 @@ def load_bank(path: Path = BANK) -> Bank:
     if meta.get("corpus_sha256") != file_sha256(CORPUS) or len(t["features"]) != len(records):
         raise BankError(f"pair bank {path} was built from another corpus than {CORPUS}; rebuild it")
     mean, std = t["mean"], t["std"]
+    try:
+        quality = load_quality_scores()
+    except QualityError as e:
+        raise BankError(str(e)) from e
     return Bank(features=(t["features"].float() - mean) / std, attributes=t["attributes"].numpy(),
                 pairs=t["pairs"].long(), pair_split=np.array(json.loads(meta.pop("splits"))), mean=mean, std=std,
-                meta=meta, records=records)
+                meta=meta, records=records, quality=quality)

@@ -5,6 +5,7 @@ scores. How the corpus is sampled and filtered is the training stage `npdemo.tra
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from .base_model import log
 
 VERSION = 1
 CORPUS = ASSETS / f"corpus-v{VERSION}.jsonl"
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256: what derived assets (bank, quality scores) record to prove which corpus they hold."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class CorpusError(RuntimeError):

@@ -1,8 +1,10 @@
 """Simulated users on the 3-attribute simplex (concise, structured, warm), with known hidden preferences.
 
 A user is a weight vector w on the simplex: Dirichlet(1, 1, 1) "interior" users, plus pure-corner users
-(like the paper's single-attribute users). Reward r_w(y) = sum_k w_k a_k(y); a choice between two responses
-to the same prompt is drawn from BTL: P(a > b) = sigmoid((r_w(a) - r_w(b)) / TEMPERATURE).
+(like the paper's single-attribute users). Every user also wants an answer: the reward is
+    r_w(y) = sum_k w_k a_k(y) + QUALITY_WEIGHT q(y) - JUNK_PENALTY junk(y),
+style by w plus a quality part all users share (q, junk: `npdemo.data.quality_scores`). A choice between two
+responses to the same prompt is drawn from BTL: P(a > b) = sigmoid((r_w(a) - r_w(b)) / TEMPERATURE).
 TEMPERATURE = 0.05: an attribute gap of 0.1 gives 88 %, 0.2 gives 98 %, so clear pairs are near
 deterministic and close ones are coin flips, as with people.
 """
@@ -15,6 +17,8 @@ from .bank import Bank
 from .episodes import Episodes, make_episodes
 
 TEMPERATURE = 0.05
+QUALITY_WEIGHT = 0.2   # lambda: small, so the latent still carries style (README: simplex error for 0 vs 0.2)
+JUNK_PENALTY = 0.95    # P: the smallest (0.05 steps) with which every junk answer loses to every real one (a test)
 CORNER_FRACTION = 0.5          # half the users are pure corners, split evenly
 GROUPS = (*ATTRIBUTES, "interior")
 
@@ -30,9 +34,22 @@ def sample_weights(n: int, rng: np.random.Generator, corner_fraction: float = CO
     return w, groups
 
 
-def choice_prob(w: np.ndarray, attrs_a: np.ndarray, attrs_b: np.ndarray) -> np.ndarray:
-    """BTL P(a > b) for users w (..., 3) and attribute scores (..., 3)."""
-    return 1 / (1 + np.exp(-((attrs_a - attrs_b) * w).sum(-1) / TEMPERATURE))
+def shared_reward(q: np.ndarray, junk: np.ndarray) -> np.ndarray:
+    """The part of the reward every user shares: lambda q - P junk."""
+    return QUALITY_WEIGHT * np.asarray(q, dtype=np.float64) - JUNK_PENALTY * np.asarray(junk, dtype=np.float64)
+
+
+def bank_shared(bank: Bank) -> np.ndarray:
+    """shared_reward of every bank row: (R,); zeros for a bank without quality scores (tests' toy banks)."""
+    if bank.quality is None:
+        return np.zeros(len(bank.attributes))
+    return shared_reward(bank.quality.q, bank.quality.junk)
+
+
+def choice_prob(w: np.ndarray, attrs_a: np.ndarray, attrs_b: np.ndarray, shared_gap: np.ndarray | float = 0.0
+                ) -> np.ndarray:
+    """BTL P(a > b) for users w (..., 3), attribute scores (..., 3) and shared_reward(a) - shared_reward(b)."""
+    return 1 / (1 + np.exp(-(((attrs_a - attrs_b) * w).sum(-1) + shared_gap) / TEMPERATURE))
 
 
 def sample_users(bank: Bank, split: str, n_users: int, n_targets: int, k: np.ndarray, rng: np.random.Generator,
@@ -50,7 +67,9 @@ def sample_users(bank: Bank, split: str, n_users: int, n_targets: int, k: np.nda
         groups = group_of(weights)
     tgt_pair = np.stack([rng.choice(pool, n_targets, replace=False) for _ in range(n_users)])  # (B, T)
     pairs = bank.pairs.numpy()[tgt_pair]  # (B, T, 2)
-    p = choice_prob(weights[:, None, :], bank.attributes[pairs[..., 0]], bank.attributes[pairs[..., 1]])
+    shared = bank_shared(bank)
+    p = choice_prob(weights[:, None, :], bank.attributes[pairs[..., 0]], bank.attributes[pairs[..., 1]],
+                    shared[pairs[..., 0]] - shared[pairs[..., 1]])
     y = (rng.random(p.shape) < p).astype(np.int64)
     return make_episodes(bank.features, bank.pairs, tgt_pair, y, k), weights, groups
 

@@ -1,5 +1,5 @@
-"""`python -m npdemo.evaluate {synthetic,reward,selection,policy} [--json PATH] [--html PATH] [--users N] [--seed S]
-[--models np_dpo,dpo_mixed] [--parts implicit,steering]`: print the tables, write the numbers (and a figure)."""
+"""`python -m npdemo.evaluate {synthetic,reward,selection,policy,quality} [--json PATH] [--html PATH] [--users N] [--seed S]
+[--models np_dpo,dpo_mixed] [--parts implicit,steering] [--quality_weight L] [--reward_dir DIR]`: print the tables, write the numbers (and a figure)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RUNS, parse_cli
+from ..config import REWARD_DIR, RUNS, parse_cli
+from ..data import users as simulated_users
 from .policy_tasks import evaluate_policy
+from .quality_tasks import evaluate_quality
 from .reward_tasks import evaluate_reward, evaluate_selection, evaluate_synthetic
 
 
@@ -20,11 +22,15 @@ class EvalConfig:
     seed: int = 1234
     models: str = "np_dpo,dpo_mixed"        # policy: which checkpoints to evaluate
     parts: str = "implicit,steering"        # policy: which measurements to run
+    quality_weight: float = simulated_users.QUALITY_WEIGHT  # reward, selection: the simulated users' lambda
+    reward_dir: str = str(REWARD_DIR)       # reward, selection: the checkpoints to score
 
 
-TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed), "reward": lambda c: evaluate_reward(c.users, c.seed),
-         "selection": lambda c: evaluate_selection(c.users, c.seed),
-         "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts)}
+TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed),
+         "reward": lambda c: evaluate_reward(c.users, c.seed, Path(c.reward_dir)),
+         "selection": lambda c: evaluate_selection(c.users, c.seed, Path(c.reward_dir)),
+         "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts),
+         "quality": lambda c: evaluate_quality()}
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +38,7 @@ def main(argv: list[str]) -> None:
     if len(words) != 1 or words[0] not in TASKS:
         raise SystemExit(f"usage: {__doc__.split(':')[0].strip('`')}; tasks: {', '.join(TASKS)}")
     task = words[0]
+    simulated_users.QUALITY_WEIGHT = cfg.quality_weight
     out = TASKS[task](cfg)
     fig = out.pop("figure", None)
     json_path, html_path = Path(cfg.json or RUNS / f"{task}.json"), Path(cfg.html or RUNS / f"{task}.html")

@@ -22,6 +22,14 @@ def heldout_accuracy(p: np.ndarray, ep: Episodes) -> np.ndarray:
     return (correct * scored).sum(axis=1) / scored.sum(axis=1)
 
 
+def flip_rate(p: np.ndarray, p_flipped: np.ndarray, ep: Episodes) -> np.ndarray:
+    """Per-user share of targets outside the context whose predicted winner changes when every context label is
+    flipped (the label-flip check of P-TTT, 2026): a model that reads its context should follow it."""
+    flips = np.sign(p - 0.5) != np.sign(p_flipped - 0.5)
+    scored = ~ep.tgt_in_ctx.numpy()
+    return (flips * scored).sum(axis=1) / scored.sum(axis=1)
+
+
 def mean_se(x: np.ndarray) -> tuple[float, float]:
     """Mean and its standard error over the first axis (NaN where there are too few values)."""
     n = len(x)

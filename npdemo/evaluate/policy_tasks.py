@@ -16,18 +16,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import POLICY_DIR, POLICY_MIXED_DIR, REWARD_DIR
+from ..config import POLICY_DIR, POLICY_MIXED_DIR
 from ..data import attributes, base_model
 from ..data.bank import Bank, load_bank
 from ..data.episodes import Episodes, orient
-from ..data.users import GROUPS, sample_users, sample_weights
-from ..model import checkpoints
+from ..data.quality_scores import quality_score
+from ..data.users import GROUPS, sample_users, bank_shared, sample_weights, shared_reward
+from ..model import checkpoints, quality
 from ..model.context_encoder import ContextEncoder
-from ..model.generation import Sampling, generate, generate_base_shared_prefix
+from ..model.generation import Answers, Sampling, answer, generate_base_shared_prefix
 from ..model.in_context import in_context_prompt
 from ..model.logprobs import encode_rows, logprobs, reference_key, reference_logprobs
 from ..model.policy import ConditionalPolicy
-from ..model.policy_checkpoint import load_policy
+from ..model.policy_checkpoint import load_policy, paired_reward_dir
 from ..model.reward import load_reward_model
 from .metrics import mean_se, mean_se_dict, tie_half
 
@@ -106,7 +107,8 @@ def implicit_reward_accuracy(policy: ConditionalPolicy, encoder: ContextEncoder 
 def reference_accuracy(users: ImplicitRewardUsers, bank: Bank, reward_model) -> dict[str, dict[int, np.ndarray]]:
     """Reference rows on the same targets: the true reward r_w (what any model can reach: near ties are coin
     flips) and the NP-BTL reward model given the same k labels (what the shared latent carries)."""
-    true_r = (bank.attributes[users.targets] * users.weights[:, None, None]).sum(-1)  # (U, T, 2)
+    true_r = ((bank.attributes[users.targets] * users.weights[:, None, None]).sum(-1)
+              + bank_shared(bank)[users.targets])  # (U, T, 2)
     out = {"true reward (oracle)": {k: users.accuracy(true_r[..., 0], true_r[..., 1]) for k in KS}}
     if reward_model is not None:
         out["np_btl reward model"] = {
@@ -116,13 +118,40 @@ def reference_accuracy(users: ImplicitRewardUsers, bank: Bank, reward_model) -> 
     return out
 
 
-def reward_of(w: np.ndarray, texts: list[str]) -> np.ndarray:
-    return attributes.score_many(texts) @ w
+@dataclass
+class ScoredAnswers:
+    """One row's answers (a model for a user, on the test prompts) with every score a reader needs beside them."""
+    texts: list[str]
+    ended: np.ndarray       # (P,) bool: stopped at end-of-sequence
+    attributes: np.ndarray  # (P, 3), junk scored 0 on concise and structured
+    fluency: np.ndarray     # (P,) mean NLL under the fp32 base model (NaN: too short to rate)
+    relevance: np.ndarray   # (P,)
+    junk: np.ndarray        # (P,) bool
+
+    def reward(self, w: np.ndarray) -> np.ndarray:
+        """The simulated user's reward of each answer, quality part included: (P,)."""
+        return self.attributes @ w + shared_reward(quality_score(self.fluency, self.relevance), self.junk)
+
+    def summary(self, examples: int = 3) -> dict:
+        return {"attributes": self.attributes.mean(0).round(4).tolist(), "junk_rate": float(self.junk.mean()),
+                "fluency": round(float(np.nanmean(self.fluency)), 3), "relevance": round(float(self.relevance.mean()), 3),
+                "eos_share": float(self.ended.mean()), "examples": self.texts[:examples], "answers": self.texts}
 
 
-def win_rate(w: np.ndarray, ours: list[str], base: list[str]) -> float:
-    """Share of prompts where the true user's reward prefers ours over the base answer (ties count half)."""
-    return float(np.mean(tie_half(reward_of(w, ours) - reward_of(w, base))))
+def score_answers(scorer: ConditionalPolicy, prompts: list[str], answers: Answers) -> ScoredAnswers:
+    """Fluency under the frozen base of `scorer` (fp32 in evaluation), relevance, junk, attributes."""
+    with scorer.reference():
+        nll = quality.fluency(scorer.model, scorer.tokenizer, prompts, answers.texts)
+    junk = np.array([quality.verdict(t, n)[0] for t, n in zip(answers.texts, nll)])
+    return ScoredAnswers(answers.texts, np.array(answers.ended), attributes.score_many(answers.texts, junk), nll,
+                         quality.relevance(prompts, answers.texts), junk)
+
+
+def win_rate(w: np.ndarray, ours: ScoredAnswers, other: ScoredAnswers) -> float:
+    """Share of prompts where the true user's reward prefers ours (ties half); a junk answer of ours is a loss
+    whatever the other is (both junk: a loss for both), a junk answer of the other's a win for a real one."""
+    wins = tie_half(ours.reward(w) - other.reward(w))
+    return float(np.mean(np.where(ours.junk, 0.0, np.where(other.junk, 1.0, wins))))
 
 
 @torch.no_grad()
@@ -132,40 +161,37 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
 
     With `mixed` (the DPO-mixed policy: LoRA on, FiLM identity) its one answer per prompt is scored for every
     user too: it separates "steers towards this user" from "improves what all users like"."""
+    if policy.lm.quant != "fp32":
+        raise SystemExit(f"fluency is measured in fp32, but the policy was loaded in {policy.lm.quant}")
     users = {**{a: np.eye(3)[i] for i, a in enumerate(attributes.ATTRIBUTES)}, "centre": np.full(3, 1 / 3)}
     prompts = sorted({r["prompt"] for r in bank.records if r["split"] == "test"})[:cfg.prompts]
     sampling = Sampling(max_new_tokens=cfg.new_tokens, greedy=True)
-    base = generate(policy, prompts, None, sampling)
-    base_attrs = attributes.score_many(base)
-    out = {"prompts": len(prompts), "base": base_attrs.mean(0).round(4).tolist(), "users": {}}
+
+    def scored(answers: Answers) -> ScoredAnswers:
+        return score_answers(policy, prompts, answers)
+
+    base = scored(answer(policy, prompts, None, sampling))
+    rows = {"base": base}
     if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
-        mixed_out = generate(mixed, prompts, torch.zeros(len(prompts), mixed.cfg.latent), sampling)
-        out["dpo_mixed"] = attributes.score_many(mixed_out).mean(0).round(4).tolist()
-    per_prompt = {}
+        rows["dpo_mixed"] = scored(answer(mixed, prompts, torch.zeros(len(prompts), mixed.cfg.latent), sampling))
+    rows["np_dpo, no labels"] = scored(answer(policy, prompts, encoder.latent(*bank.context([])).expand(
+        len(prompts), -1), sampling))  # the policy for a user it knows nothing about
+    wins: dict[str, dict[str, float]] = {}
     for name, w in tqdm(users.items(), desc="steering users", unit="user"):
         ep, _, _ = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])
         z = encoder.latent(ep.ctx, ep.ctx_mask)
-        steered = generate(policy, prompts, z.expand(len(prompts), -1), sampling)
-        per_prompt[name] = attributes.score_many(steered)
-        rows = orient(bank.pairs.numpy()[ep.tgt_pair.numpy()[0]], ep.tgt_y.numpy()[0])  # [chosen, rejected]
-        in_ctx = generate_base_shared_prefix(policy, [in_context_prompt(bank, rows[:, 0], rows[:, 1], p)
-                                                      for p in prompts], sampling)  # pairs encoded once per user
-        out["users"][name] = {
-            "w": w.round(3).tolist(),
-            "np_dpo_attributes": per_prompt[name].mean(0).round(4).tolist(),
-            "in_context_attributes": attributes.score_many(in_ctx).mean(0).round(4).tolist(),
-            "np_dpo_win_rate": win_rate(w, steered, base), "in_context_win_rate": win_rate(w, in_ctx, base),
-            "example": steered[0]}
+        steered = rows[f"np_dpo, {name}"] = scored(answer(policy, prompts, z.expand(len(prompts), -1), sampling))
+        pairs = orient(bank.pairs.numpy()[ep.tgt_pair.numpy()[0]], ep.tgt_y.numpy()[0])  # [chosen, rejected]
+        in_ctx = rows[f"in_context, {name}"] = scored(generate_base_shared_prefix(
+            policy, [in_context_prompt(bank, pairs[:, 0], pairs[:, 1], p) for p in prompts], sampling))
+        wins[name] = {"np_dpo": win_rate(w, steered, base), "in_context": win_rate(w, in_ctx, base)}
         if mixed is not None:
-            out["users"][name] |= {"dpo_mixed_win_rate": win_rate(w, mixed_out, base),
-                                   "np_dpo_vs_dpo_mixed_win_rate": win_rate(w, steered, mixed_out)}
-    prior = attributes.score_many(generate(policy, prompts, encoder.latent(*bank.context([])).expand(len(prompts), -1),
-                                           sampling))  # the policy for a user it knows nothing about
-    out["prior"] = prior.mean(0).round(4).tolist()
-    out["per_prompt"] = {"base": base_attrs.round(4).tolist(), "prior": prior.round(4).tolist(),
-                         **{n: a.round(4).tolist() for n, a in per_prompt.items()}}
-    out["z_swap"] = z_swap(per_prompt, {"base": base_attrs, "prior": prior})
-    return out
+            wins[name] |= {"dpo_mixed": win_rate(w, rows["dpo_mixed"], base),
+                           "np_dpo_vs_dpo_mixed": win_rate(w, steered, rows["dpo_mixed"])}
+    per_prompt = {n: rows[f"np_dpo, {n}"].attributes for n in users}
+    return {"prompts": len(prompts), "new_tokens": cfg.new_tokens, "users": {n: w.round(3).tolist() for n, w in users.items()},
+            "win_rate": wins, "rows": {n: r.summary() for n, r in rows.items()},
+            "z_swap": z_swap(per_prompt, {"base": base.attributes, "prior": rows["np_dpo, no labels"].attributes})}
 
 
 def z_swap(per_prompt: dict[str, np.ndarray], references: dict[str, np.ndarray],
@@ -253,24 +279,37 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     out: dict = {"task": "policy", "users_per_k": n_users}
     if "implicit" in parts:
         out["implicit_reward_accuracy"] = implicit_reward_report(policies, bank, cfg, train_cfg["max_tokens"],
-                                                                 load_reward_model(REWARD_DIR / "np_btl"))
+                                                                 load_reward_model(paired_reward_dir(POLICY_DIR)))
     if "steering" not in parts or "np_dpo" not in policies:
         return out
     mixed = policies["dpo_mixed"][0] if "dpo_mixed" in policies else None
     steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed), mixed=mixed)
-    print(f"\nSteering on {steer['prompts']} test prompts (greedy). Mean attributes (concise, structured, warm): "
-          f"base {steer['base']}" + (f", DPO-mixed {steer['dpo_mixed']}" if mixed else ""))
-    print("Win-rate = share of prompts where the true user's reward prefers the answer over the base model's.")
-    print("| user | NP-DPO attributes | NP-DPO win-rate | in-context attributes | in-context win-rate"
-          + (" | DPO-mixed win-rate | NP-DPO vs DPO-mixed |" if mixed else " |"))
-    print("|---" * (7 if mixed else 5) + "|")
-    for name, u in steer["users"].items():
-        print(f"| {name} | {u['np_dpo_attributes']} | {u['np_dpo_win_rate']:.2f} | {u['in_context_attributes']} | "
-              f"{u['in_context_win_rate']:.2f} |" + (f" {u['dpo_mixed_win_rate']:.2f} | "
-                                                     f"{u['np_dpo_vs_dpo_mixed_win_rate']:.2f} |" if mixed else ""))
-    print(f"NP-DPO with no labels (the k = 0 latent): {steer['prior']}")
+    print_steering(steer)
     print_z_swap(steer["z_swap"])
     return {**out, "steering": steer}
+
+
+def print_steering(steer: dict) -> None:
+    """Every generated row with its quality beside its attributes, the win-rates, and example answers."""
+    print(f"\nSteering on {steer['prompts']} test prompts (greedy, {steer['new_tokens']} new tokens). Junk = the"
+          " verdict of npdemo.model.quality; fluency = mean NLL (nats/token) under the fp32 base model, lower is"
+          " better; EOS = share of answers that end on their own.")
+    print("| row | junk | fluency | relevance | EOS | " + " | ".join(attributes.ATTRIBUTES) + " |")
+    print("|---" * (5 + len(attributes.ATTRIBUTES)) + "|")
+    for name, r in steer["rows"].items():
+        print(f"| {name} | {r['junk_rate']:.2f} | {r['fluency']:.2f} | {r['relevance']:.2f} | {r['eos_share']:.2f} | "
+              + " | ".join(f"{v:.2f}" for v in r["attributes"]) + " |")
+    print("\nWin-rate against the base answer, by the true user's reward (quality part included); a junk answer "
+          "is a loss for the row under test:")
+    cols = list(next(iter(steer["win_rate"].values())))
+    print("| user | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
+    for user, row in steer["win_rate"].items():
+        print(f"| {user} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |")
+    print("\nExample answers (the first three test prompts):")
+    for name, r in steer["rows"].items():
+        for i, text in enumerate(r["examples"]):
+            print(f"  [{name} #{i + 1}] " + " ".join(text.split())[:220])
+    print_z_swap(steer["z_swap"])
 
 
 def print_z_swap(swap: dict) -> None:

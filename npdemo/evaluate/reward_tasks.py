@@ -7,6 +7,9 @@ over users, with the baselines and the exact Bayes-optimal predictor beside the 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -20,7 +23,7 @@ from ..model.probe import ridge
 from ..model.reward import load_reward_model
 from ..model.simplex import BayesPosterior, Locator, np_cloud, spread
 from .figures import reward_curves_figure, simplex_figure
-from .metrics import heldout_accuracy, mean_se, mean_se_dict, print_table, tie_half
+from .metrics import flip_rate, heldout_accuracy, mean_se, mean_se_dict, print_table, tie_half
 
 KS = (0, 1, 3, 5, 10)
 
@@ -48,14 +51,12 @@ def evaluate_synthetic(n_users: int, seed: int) -> dict:
             "figure": reward_curves_figure(models, task, rng)}
 
 
-def attribute_diffs(bank: Bank, ep: Episodes, attrs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Attribute differences of context pairs (chosen - rejected) and of targets (a - b): (B, T, 3) each.
-
-    attrs (R, 3) replaces the true scores of the bank rows, e.g. the attributes as read from the features."""
-    attrs = bank.attributes if attrs is None else attrs
+def pair_diffs(bank: Bank, ep: Episodes, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Differences of per-row values (R, ...) for context pairs (chosen - rejected) and targets (a - b): (B, T, ...)
+    each. values: the attributes, the attributes as read from the features, or the shared quality reward."""
     pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (B, T, 2)
     rows = orient(pairs, ep.tgt_y.numpy())  # [chosen, rejected]
-    return attrs[rows[..., 0]] - attrs[rows[..., 1]], attrs[pairs[..., 0]] - attrs[pairs[..., 1]]
+    return values[rows[..., 0]] - values[rows[..., 1]], values[pairs[..., 0]] - values[pairs[..., 1]]
 
 
 def attribute_probe(bank: Bank, alpha: float = 0.1) -> np.ndarray:
@@ -72,26 +73,28 @@ def attribute_probe(bank: Bank, alpha: float = 0.1) -> np.ndarray:
     return x @ coef + intercept
 
 
-def evaluate_reward(n_users: int, seed: int) -> dict:
+def evaluate_reward(n_users: int, seed: int, reward_dir: Path = REWARD_DIR) -> dict:
     bank = load_bank()
-    np_model, btl = load_reward_model(REWARD_DIR / "np_btl"), load_reward_model(REWARD_DIR / "btl_mixed")
+    np_model, btl = load_reward_model(reward_dir / "np_btl"), load_reward_model(reward_dir / "btl_mixed")
     locate, bayes = Locator(np_model, bank), BayesPosterior()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the NP cloud samples z
     columns = ["oracle", "bayes_posterior", "feature_oracle", "bayes_on_features", "np_btl", "btl_mixed"]
-    probe = attribute_probe(bank)
+    probe, shared = attribute_probe(bank), users.bank_shared(bank)
     acc, simplex_err, out = {}, {}, {"task": "reward", "n_users": n_users, "seed": seed, "accuracy": {},
                                       "simplex_l1": {}}
     for k in KS:
         ep, w, groups = users.sample_users(bank, "test", n_users, 20, np.full(n_users, k), rng)
-        ctx_diff, tgt_diff = attribute_diffs(bank, ep)
-        ctx_read, tgt_read = attribute_diffs(bank, ep, probe)  # what the features say about the same pairs
-        post = bayes.posterior(ctx_diff, ep.tgt_in_ctx.numpy())
-        post_read = bayes.posterior(ctx_read, ep.tgt_in_ctx.numpy())
-        preds = {"oracle": users.choice_prob(w[:, None], tgt_diff, 0 * tgt_diff),
-                 "bayes_posterior": bayes.predictive(post, tgt_diff),
-                 "feature_oracle": users.choice_prob(w[:, None], tgt_read, 0 * tgt_read),
-                 "bayes_on_features": bayes.predictive(post_read, tgt_read),
+        ctx_diff, tgt_diff = pair_diffs(bank, ep, bank.attributes)
+        ctx_read, tgt_read = pair_diffs(bank, ep, probe)  # what the features say about the same pairs
+        ctx_q, tgt_q = pair_diffs(bank, ep, shared)  # the quality part, known to both Bayes references
+        mask = ep.tgt_in_ctx.numpy()
+        post = bayes.posterior(ctx_diff, mask, ctx_q)
+        post_read = bayes.posterior(ctx_read, mask, ctx_q)
+        preds = {"oracle": users.choice_prob(w[:, None], tgt_diff, 0 * tgt_diff, tgt_q),
+                 "bayes_posterior": bayes.predictive(post, tgt_diff, tgt_q),
+                 "feature_oracle": users.choice_prob(w[:, None], tgt_read, 0 * tgt_read, tgt_q),
+                 "bayes_on_features": bayes.predictive(post_read, tgt_read, tgt_q),
                  "np_btl": predict(np_model, ep),
                  "btl_mixed": predict(btl, ep)}
         per_user = {name: heldout_accuracy(p, ep) for name, p in preds.items()}
@@ -108,6 +111,12 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
         out["simplex_l1"][str(k)] = {name: mean_se_dict(e) for name, e in err.items()}
         if k == max(KS):
             last = (w[:60], w_np[:60], w_bayes[:60], k)
+            flipped = replace(ep, ctx=ep.ctx.flip(2))  # every context label flipped: [rejected, chosen]
+            post_flip = bayes.posterior(-ctx_diff, mask, -ctx_q)
+            flips = {"np_btl": flip_rate(preds["np_btl"], predict(np_model, flipped), ep),
+                     "bayes_posterior": flip_rate(preds["bayes_posterior"], bayes.predictive(post_flip, tgt_diff, tgt_q), ep),
+                     "btl_mixed": flip_rate(preds["btl_mixed"], predict(btl, flipped), ep)}
+            out["label_flip"] = {"k": k, **{name: mean_se_dict(f) for name, f in flips.items()}}
     print_table(f"Text corpus: held-out accuracy (%) ± s.e., {n_users} test users (test prompts) per k, "
                 f"20 targets, only targets outside the context scored", columns, acc)
     print(f"\nPer user group at k = {max(KS)} (accuracy %):")
@@ -119,20 +128,24 @@ def evaluate_reward(n_users: int, seed: int) -> dict:
         print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row) + f" | {100 * sum(row[:3]):.1f} |")
     print_table("Simplex error ||w_hat - w||_1 (x100) ± s.e., and the spread of the NP cloud (x100)",
                 ["np_btl", "bayes_posterior", "bayes_on_features", "np_cloud_spread"], simplex_err)
+    print(f"\nLabel flip at k = {max(KS)}: share of held-out targets whose predicted winner flips when every "
+          "context label is flipped (%): " + ", ".join(f"{n} {100 * v['mean']:.1f} ± {100 * v['se']:.1f}"
+                                                       for n, v in out["label_flip"].items() if n != "k"))
     out["figure"] = simplex_figure(*last)
     return out
 
 
 @torch.no_grad()
-def evaluate_selection(n_users: int, seed: int) -> dict:
+def evaluate_selection(n_users: int, seed: int, reward_dir: Path = REWARD_DIR) -> dict:
     """Informative (BALD) vs random pair order: simplex error and held-out accuracy after k labels.
 
     Each test user labels pairs chosen from the test-prompt pool one at a time (BTL choices from its true w);
     20 held-out target pairs, never offered for labelling, are scored after k = 3, 6 and 10 labels.
     """
     bank = load_bank()
-    model = load_reward_model(REWARD_DIR / "np_btl")
+    model = load_reward_model(reward_dir / "np_btl")
     locate, pool, pairs = Locator(model, bank), bank.split_pairs("test"), bank.pairs.numpy()
+    shared = users.bank_shared(bank)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # BALD samples z: unseeded, the informative row changed from run to run
     checkpoints_k, orders = (3, 6, 10), ("random", "informative")
@@ -142,7 +155,8 @@ def evaluate_selection(n_users: int, seed: int) -> dict:
     for w in tqdm(weights, desc="simulated users"):
         targets = rng.choice(pool, 20, replace=False)
         t_attr = bank.attributes[pairs[targets]]  # (20, 2, 3)
-        t_y = rng.random(20) < users.choice_prob(w, t_attr[:, 0], t_attr[:, 1])
+        t_y = rng.random(20) < users.choice_prob(w, t_attr[:, 0], t_attr[:, 1],
+                                                 shared[pairs[targets, 0]] - shared[pairs[targets, 1]])
         for order in orders:
             labels: list[tuple[int, int]] = []
             order_rng = np.random.default_rng(rng.integers(2**32))
@@ -150,7 +164,8 @@ def evaluate_selection(n_users: int, seed: int) -> dict:
                 p = next_pair(model, model.encoder(*bank.context(labels)), bank.features, bank.pairs, pool,
                               {*targets, *(q for q, _ in labels)}, order_rng, order)
                 a_attr, b_attr = bank.attributes[pairs[p]]
-                labels.append((p, int(order_rng.random() < users.choice_prob(w, a_attr, b_attr))))
+                gap = shared[pairs[p, 0]] - shared[pairs[p, 1]]
+                labels.append((p, int(order_rng.random() < users.choice_prob(w, a_attr, b_attr, gap))))
                 if len(labels) in checkpoints_k:
                     z = model.encoder.latent(*bank.context(labels))
                     err[order][len(labels)].append(np.abs(locate(z)[0] - w).sum())

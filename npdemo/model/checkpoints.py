@@ -45,6 +45,12 @@ def save(directory: Path, modules: dict[str, nn.Module | dict[str, torch.Tensor]
     return directory / MANIFEST
 
 
+def weights_id(directory: Path) -> str:
+    """A checkpoint's identity: the SHA-256 of its weight files' hashes (metrics and notes may change, it stays)."""
+    files = json.loads((Path(directory) / MANIFEST).read_text())["files"]
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(directory: Path, kind: str) -> dict[str, Any]:
     """The manifest, after checking its kind and every file's hash."""
     path = Path(directory) / MANIFEST

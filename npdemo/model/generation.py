@@ -128,16 +128,28 @@ def row_tokens(policy: ConditionalPolicy, rows: int, on_step: Callable[[list[str
     return RowTokens(policy.tokenizer, rows, policy.lm.model.generation_config.eos_token_id, on_step)
 
 
-def generate(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
+@dataclass
+class Answers:
+    """Generated answers and whether each ended on its own (end-of-sequence before the token limit)."""
+    texts: list[str]
+    ended: list[bool]
+
+
+def answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> Answers:
     """Batched answers, row i conditioned on z[i]; z = None: the unsteered base model for every row."""
     zs = [None] * len(prompts) if z is None else list(z)
     collector = row_tokens(policy, len(prompts))
     generate_rows(policy, prompts, zs, sampling, collector)
-    return collector.texts()
+    return Answers(collector.texts(), list(collector.finished))
+
+
+def generate(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> list[str]:
+    """The texts of `answer`."""
+    return answer(policy, prompts, z, sampling).texts
 
 
 @torch.no_grad()
-def generate_base_shared_prefix(policy: ConditionalPolicy, prompts: list[str], sampling: Sampling) -> list[str]:
+def generate_base_shared_prefix(policy: ConditionalPolicy, prompts: list[str], sampling: Sampling) -> Answers:
     """Base-model answers to prompts that begin alike (the in-context baseline: the same labelled pairs, then a
     question). The common token prefix is encoded once and its KV cache reused by every row; each row's own tail
     is padded in the middle (masked), so positions, and the answers, match generating alone."""
@@ -149,4 +161,7 @@ def generate_base_shared_prefix(policy: ConditionalPolicy, prompts: list[str], s
     with policy.reference():
         out = generate_after_prefix(policy.model, ids.to(dev), mask.to(dev), P,
                                     pad_token_id=policy.tokenizer.pad_token_id, **sampling.generate_kwargs())
-    return policy.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    new = out[:, ids.shape[1]:]
+    eos = set(row_tokens(policy, 0).eos)
+    return Answers(policy.tokenizer.batch_decode(new, skip_special_tokens=True),
+                   [any(t in eos for t in row) for row in new.tolist()])

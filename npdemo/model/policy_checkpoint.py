@@ -1,10 +1,12 @@
 """Policy checkpoints: LoRA + FiLM + the context encoder, with a manifest naming the base model and a hash of its
-weights; loading is strict and refuses a checkpoint trained on other base weights."""
+weights, and the NP-BTL reward checkpoint whose encoder it was trained with; loading is strict and refuses a
+checkpoint trained on other base weights, or paired with another reward model."""
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
+from ..config import CHECKPOINTS
 from ..data.base_model import LoadedModel, fingerprint
 from . import checkpoints
 from .context_encoder import ContextEncoder, EncoderConfig
@@ -27,6 +29,32 @@ def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: P
     return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned,
                             config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
                             **extra)
+
+
+def reward_pairing(reward_dir: Path) -> dict:
+    """What a policy manifest records of its NP-BTL checkpoint: where it lies (under checkpoints/) and its id."""
+    return {"checkpoint": Path(reward_dir).resolve().relative_to(CHECKPOINTS).as_posix(),
+            "weights_id": checkpoints.weights_id(reward_dir)}
+
+
+def paired_reward_dir(directory: Path, reward_dir: Path | None = None) -> Path:
+    """The NP-BTL checkpoint the policy at `directory` was trained with (or `reward_dir`, if it is that one).
+
+    The app reads one z through the policy's encoder and the reward decoder: a decoder from another NP-BTL run
+    would put people at the wrong place on the simplex, so a mismatch is refused."""
+    manifest = checkpoints.read_manifest(directory, "policy")
+    pairing = manifest.get("reward")
+    if pairing is None:
+        raise checkpoints.CheckpointError(f"{directory}/{checkpoints.MANIFEST} names no reward checkpoint; "
+                                          "retrain with `python -m npdemo.train policy`")
+    path = Path(reward_dir) if reward_dir is not None else CHECKPOINTS / pairing["checkpoint"]
+    found = checkpoints.weights_id(path) if (path / checkpoints.MANIFEST).is_file() else "missing"
+    if found != pairing["weights_id"]:
+        raise checkpoints.CheckpointError(
+            f"the policy at {directory} was trained with the NP-BTL checkpoint {pairing['checkpoint']} (weights "
+            f"{pairing['weights_id'][:12]}), but {path} holds {found[:12]}: serve the pair it was trained with, or "
+            "retrain the policy with `python -m npdemo.train policy`")
+    return path
 
 
 def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder | None]:

@@ -3,7 +3,8 @@
 (a) `Locator`: project the NP reward r(y; z) over a fixed reference set of bank responses onto their
     attribute scores by non-negative least squares and normalise. NP training never sees attributes;
     this only reads off the learned reward. Rewards and attributes are centred per prompt, because BTL
-    identifies a reward only up to a shift within a prompt.
+    identifies a reward only up to a shift within a prompt. The quality part every user shares
+    (`users.bank_shared`) is a fourth column, fitted and dropped, so it is not mistaken for style.
 (b) `BayesPosterior`: the exact posterior over w on a simplex grid given the same labelled pairs, under
     the simulated users' prior (corners plus uniform interior) and their BTL likelihood: a reference.
 (c) NP uncertainty: Gaussian-latent samples z ~ q(z | context) projected by the same locator: a cloud
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.bank import Bank
-from ..data.users import CORNER_FRACTION, TEMPERATURE
+from ..data.users import CORNER_FRACTION, TEMPERATURE, bank_shared
 
 
 def nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -53,7 +54,8 @@ class Locator:
         ids = np.array([bank.records[i]["prompt_id"] for i in self.rows])
         self.group = np.unique(ids, return_inverse=True)[1]  # prompt index of each reference row
         self.model, self.features = model, bank.features[self.rows]
-        self.A = self.centre(bank.attributes[self.rows])  # (M, 3)
+        values = np.column_stack([bank.attributes, bank_shared(bank)])[self.rows]
+        self.A = self.centre(values)  # (M, 4): attributes and the shared quality part
 
     def centre(self, x: np.ndarray) -> np.ndarray:
         """Subtract each prompt's mean along the first axis of x (M, ...)."""
@@ -69,7 +71,7 @@ class Locator:
         r = torch.cat([self.model.rewards(self.features.expand(len(chunk), -1, -1), chunk)  # (N, M)
                        for chunk in flat.split(128)]).numpy()  # chunks bound the memory
         r = self.centre(r.T).T
-        w = np.stack([to_simplex(nnls(self.A, ri)) for ri in r])
+        w = np.stack([to_simplex(nnls(self.A, ri)[:3]) for ri in r])
         return w.reshape(*z.shape[:-1], 3)
 
 
@@ -89,9 +91,11 @@ class BayesPosterior:
         prior[corner] += CORNER_FRACTION / corner.sum()
         self.log_prior = np.log(prior)
 
-    def posterior(self, ctx_diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """ctx_diff (B, K, 3) = attributes(chosen) - attributes(rejected), mask (B, K) -> weights (B, G)."""
-        logits = np.einsum("bkc,gc->bkg", ctx_diff, self.grid) / TEMPERATURE
+    def posterior(self, ctx_diff: np.ndarray, mask: np.ndarray, ctx_shared: np.ndarray | float = 0.0) -> np.ndarray:
+        """ctx_diff (B, K, 3) = attributes(chosen) - attributes(rejected), mask (B, K), ctx_shared (B, K) the same
+        difference of the shared quality reward -> weights (B, G)."""
+        shared = np.broadcast_to(np.asarray(ctx_shared, dtype=np.float64), mask.shape)[..., None]
+        logits = (np.einsum("bkc,gc->bkg", ctx_diff, self.grid) + shared) / TEMPERATURE
         loglik = (-np.logaddexp(0, -logits) * mask[..., None]).sum(1)  # sum_k log sigmoid
         logp = loglik + self.log_prior
         p = np.exp(logp - logp.max(1, keepdims=True))
@@ -101,9 +105,12 @@ class BayesPosterior:
         """Posterior mean of w: (B, 3)."""
         return post @ self.grid
 
-    def predictive(self, post: np.ndarray, tgt_diff: np.ndarray) -> np.ndarray:
-        """P(a > b) for targets with tgt_diff (B, T, 3) = attributes(a) - attributes(b): (B, T)."""
-        p = 1 / (1 + np.exp(-np.einsum("btc,gc->btg", tgt_diff, self.grid) / TEMPERATURE))
+    def predictive(self, post: np.ndarray, tgt_diff: np.ndarray, tgt_shared: np.ndarray | float = 0.0
+                   ) -> np.ndarray:
+        """P(a > b) for targets with tgt_diff (B, T, 3) = attributes(a) - attributes(b) and the shared quality
+        reward's difference tgt_shared (B, T): (B, T)."""
+        shared = np.broadcast_to(np.asarray(tgt_shared, dtype=np.float64), tgt_diff.shape[:-1])[..., None]
+        p = 1 / (1 + np.exp(-(np.einsum("btc,gc->btg", tgt_diff, self.grid) + shared) / TEMPERATURE))
         return np.einsum("bg,btg->bt", post, p)
 
 

@@ -16,16 +16,17 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from ..config import POLICY_DIR, REWARD_DIR
+from ..config import POLICY_DIR
 from ..data import attributes, base_model
 from ..data.attributes import ATTRIBUTES
 from ..data.bank import Bank, load_bank
-from ..model import checkpoints
+from ..data.users import bank_shared
+from ..model import checkpoints, quality
 from ..model.acquisition import next_pair
 from ..model.generation import Sampling, prompt_ids
 from ..model.in_context import fitted_in_context_prompt
 from ..model.policy import ConditionalPolicy
-from ..model.policy_checkpoint import load_policy
+from ..model.policy_checkpoint import load_policy, paired_reward_dir
 from ..model.reward import NPBTL, load_reward_model
 from ..model.simplex import BayesPosterior, Locator, to_simplex
 from .batching import Batcher
@@ -70,7 +71,8 @@ class Engine:
         self.streamer = Streamer(policy)
         self.batcher = Batcher(self.streamer)  # concurrent visitors' generations share one batched call
         self.checkpoint = checkpoint  # hash of the policy manifest: stamps exported profiles
-        self.pool = np.arange(len(bank.pairs)) if pool is None else pool
+        self.pool = bank.clean_pairs() if pool is None else pool  # junk is never shown as a pair to judge
+        self.shared = bank_shared(bank)  # the quality part of every simulated user's reward, per bank row
         self.locator = Locator(reward, bank)
         self.bayes = BayesPosterior()
         self._point_latents: dict[tuple[float, ...], torch.Tensor] = {}
@@ -78,8 +80,10 @@ class Engine:
 
     @classmethod
     def load(cls, model: str | None = None, quant: str = "auto", policy_dir: Path = POLICY_DIR,
-             reward_dir: Path = REWARD_DIR / "np_btl") -> "Engine":
-        """The default model and the shipped checkpoints (refused if they belong to another base model)."""
+             reward_dir: Path | None = None) -> "Engine":
+        """The default model and the shipped checkpoints (refused if they belong to another base model); the
+        reward decoder is the NP-BTL the policy was trained with (another one is refused)."""
+        reward_dir = paired_reward_dir(policy_dir, reward_dir)
         bank = load_bank()
         lm = base_model.load(model, quant=quant)
         bank.check_model(lm)
@@ -150,7 +154,8 @@ class Engine:
         key = tuple(np.round(w, 3))
         if key not in self._point_latents:
             pairs = self.bank.pairs.numpy()[self.pool]
-            gap = (self.bank.attributes[pairs[:, 0]] - self.bank.attributes[pairs[:, 1]]) @ w
+            gap = ((self.bank.attributes[pairs[:, 0]] - self.bank.attributes[pairs[:, 1]]) @ w
+                   + self.shared[pairs[:, 0]] - self.shared[pairs[:, 1]])
             strongest = np.argsort(-np.abs(gap), kind="stable")[:POINT_PAIRS]
             labels = [(int(self.pool[i]), int(gap[i] > 0)) for i in strongest]
             self._point_latents[key] = self.latent_of(labels)
@@ -173,7 +178,8 @@ class Engine:
             cloud = self.locator(q.sample((CLOUD_SAMPLES,)))[:, 0]
             source = "labels" if session.labels else "prior"
         labelled = np.ones((1, len(session.labels)), dtype=bool)
-        post = self.bayes.posterior(self.bank.attribute_diffs(session.labels), labelled)[0]
+        post = self.bayes.posterior(self.bank.row_diffs(self.bank.attributes, session.labels), labelled,
+                                    self.bank.row_diffs(self.shared, session.labels))[0]
         return Position(w=w, cloud=cloud, bayes=post @ self.bayes.grid, bayes_grid=self.bayes.grid,
                         bayes_post=post, k=len(session.labels), source=source)
 
@@ -200,16 +206,29 @@ class Engine:
             yield dict(zip(names, texts))
 
     @torch.no_grad()
-    def score(self, session: Session, prompt: str, texts: dict[str, str]) -> dict[str, dict[str, float]]:
-        """Attribute scores of each output and its reward under the session's latent (comparable within a prompt)."""
+    def score(self, session: Session, prompt: str, texts: dict[str, str]) -> dict[str, dict]:
+        """Per output: attribute scores, reward under the session's latent (comparable within a prompt), and quality:
+        fluency under the served base model, relevance, and the junk verdict with its reason."""
         names = [n for n, t in texts.items() if t.strip()]
         if not names:
             return {}
-        with self.streamer.lock, self.policy.reference():  # embed with the base model; no generation meanwhile
-            feats = self.bank.features_for(self.policy.lm, [prompt] * len(names), [texts[n] for n in names])
+        outs = [texts[n] for n in names]
+        with self.streamer.lock, self.policy.reference():  # the base model; no generation meanwhile
+            feats = self.bank.features_for(self.policy.lm, [prompt] * len(names), outs)
+            nll = quality.fluency(self.policy.model, self.policy.tokenizer, [prompt] * len(names), outs)
+        try:
+            rel, note = quality.relevance([prompt] * len(names), outs), ""
+        except ImportError as e:  # the app still shows fluency and the junk verdict
+            rel, note = np.full(len(names), np.nan), str(e)
         r = self.reward.rewards(feats[None], self.latent(session))[0]
-        return {n: {**dict(zip(ATTRIBUTES, attributes.score(texts[n]).round(3).tolist())),
-                    "reward": round(float(r[i]), 3)} for i, n in enumerate(names)}
+        out = {}
+        for i, n in enumerate(names):
+            junk, reason = quality.verdict(outs[i], float(nll[i]))
+            out[n] = {**dict(zip(ATTRIBUTES, attributes.score(outs[i], junk).round(3).tolist())),
+                      "reward": round(float(r[i]), 3), "fluency": round(float(nll[i]), 3),
+                      "relevance": round(float(rel[i]), 3), "junk": junk, "junk_reason": reason,
+                      "relevance_note": note}
+        return out
 
     # ----- profiles --------------------------------------------------------------------------------------
 

@@ -55,8 +55,17 @@ def pair_markdown(prompt: str | None) -> str:
     return f"**Prompt:** {prompt}\n\nWhich response do you prefer?"
 
 
-def scores_markdown(scores: dict[str, float] | None) -> str:
+def scores_markdown(scores: dict | None) -> str:
+    """Attributes, reward and quality of one output; junk gets a visible warning."""
     if not scores:
         return ""
     attrs = " · ".join(f"{a} {scores[a]:.2f}" for a in ATTRIBUTES)
-    return f"{attrs} · **reward under your latent {scores['reward']:+.2f}**"
+    fluency = "too short to rate" if np.isnan(scores["fluency"]) else f"{scores['fluency']:.2f} nats/token"
+    relevance = scores["relevance_note"] or f"{scores['relevance']:.2f}"
+    lines = [f"{attrs} · **reward under your latent {scores['reward']:+.2f}**",
+             f"fluency {fluency} (lower is better) · relevance {relevance}"]
+    if scores["junk"]:
+        lines.insert(0, f"⚠️ **This output is junk** ({scores['junk_reason']}): it is not a real answer.")
+    elif scores["junk_reason"]:
+        lines.append(f"note: {scores['junk_reason']}")
+    return "\n\n".join(lines)

@@ -1,5 +1,6 @@
 """Build the pair bank from the corpus: embed every response with each candidate pooling (cached per row), choose
-the pooling by a ridge probe's held-out R^2 (assets/embedding_probe.json), and write assets/bank-v1.safetensors."""
+the pooling by a ridge probe's held-out R^2 (assets/embedding_probe.json), and write assets/bank-v1.safetensors;
+score every response's quality (fluency, relevance, junk) into assets/quality-v1.npz."""
 from __future__ import annotations
 
 import hashlib
@@ -8,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .. import config
 from ..config import ASSETS
-from ..data import attributes, base_model, embeddings
-from ..data.bank import BANK, file_sha256
+from ..data import attributes, base_model, embeddings, junk
+from ..data.bank import BANK
 from ..data.base_model import LoadedModel, fingerprint
-from ..data.corpus import CORPUS, load_corpus
+from ..data.corpus import CORPUS, file_sha256, load_corpus
+from ..data.quality_scores import QUALITY, is_junk, load_quality_scores
+from ..model import quality
 from ..model.probe import ridge_r2
 
 
@@ -60,7 +64,7 @@ def build_bank(lm: LoadedModel, pooling: str, pooled: np.ndarray, records: list[
                 pair_split.append(records[rows[a]]["split"])
     meta = {"model": lm.name, "model_fingerprint": fingerprint(lm.model), "pooling": pooling,
             "corpus": CORPUS.name, "corpus_sha256": file_sha256(CORPUS), "splits": json.dumps(pair_split)}
-    attrs = attributes.score_many([r["response"] for r in records])
+    attrs = row_attributes(records)
     save_file({"features": torch.tensor(pooled, dtype=torch.float16), "attributes": torch.tensor(attrs),
                "pairs": torch.tensor(pairs, dtype=torch.int32), "mean": torch.tensor(mean, dtype=torch.float32),
                "std": torch.tensor(std, dtype=torch.float32)}, str(path), metadata=meta)
@@ -81,3 +85,36 @@ def embed_corpus(model: str) -> Path:
     (ASSETS / "embedding_probe.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return build_bank(lm, best, pooled[best], records)
+
+
+def row_attributes(records: list[dict]) -> np.ndarray:
+    """Attribute scores of the corpus rows, junk judged with the stored verdict (fluency included) where there is
+    one: (R, 3)."""
+    try:
+        verdict = load_quality_scores().junk
+    except Exception:  # no quality scores yet: the text checks alone decide
+        verdict = None
+    return attributes.score_many([r["response"] for r in records], verdict)
+
+
+def build_quality(model: str = "") -> Path:
+    """Fluency (fp32 base model), relevance and the junk verdict of every corpus response -> QUALITY; then the
+    bank's attribute scores are rewritten with that verdict (its features stay)."""
+    records = load_corpus()
+    prompts, texts = [r["prompt"] for r in records], [r["response"] for r in records]
+    lm = base_model.load(model or None, quant="fp32")
+    nll = quality.fluency(lm.model, lm.tokenizer, prompts, texts, progress=True)
+    rel = quality.relevance(prompts, texts, progress=True)
+    text_junk = np.array([junk.check_text(t).junk for t in texts])
+    np.savez(QUALITY, fluency=nll, relevance=rel, text_junk=text_junk, corpus_sha256=file_sha256(CORPUS),
+             model_fingerprint=fingerprint(lm.model))
+    if BANK.is_file():
+        with safe_open(str(BANK), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(BANK))
+        tensors["attributes"] = torch.tensor(row_attributes(records))
+        save_file(tensors, str(BANK), metadata=meta)
+    flagged = is_junk(text_junk, nll)
+    print(f"quality: {flagged.sum()} of {len(records)} responses junk ({flagged.mean():.2%}); fluency percentiles "
+          f"1/10/50/90/99/100: {np.round(np.nanpercentile(nll, [1, 10, 50, 90, 99, 100]), 2).tolist()}")
+    return QUALITY

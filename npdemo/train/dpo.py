@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .. import config
 from ..data.bank import Bank
 from ..data.episodes import Episodes, orient
-from ..data.users import sample_users
+from ..data.users import bank_shared, sample_users
 from ..model.context_encoder import ContextEncoder
 from ..model.logprobs import encode_rows, logprobs, reference_logprobs
 from ..model.losses import dpo_loss
@@ -57,17 +57,22 @@ def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator) -> DPOB
 
     Each user draws `target_candidates` target pairs after its context and keeps the `pairs_per_user` it feels most
     strongly about (largest true reward gap; the label is still its BTL choice): a random pair of a 3-attribute
-    user is often a near tie, which teaches the policy nothing about that user.
+    user is often a near tie, which teaches the policy nothing about that user. A pair with a junk response is
+    never a target: DPO must not learn from junk, even as the rejected side's foil.
     """
     T = cfg.k_max + cfg.target_candidates
     k = rng.integers(0, cfg.k_max + 1, size=cfg.users)
     ep, w, _ = sample_users(bank, "train", cfg.users, T, k, rng)
     pairs = bank.pairs.numpy()[ep.tgt_pair.numpy()]  # (U, T, 2) rows
-    gap = np.abs(((bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]) * w[:, None]).sum(-1))
+    shared = bank_shared(bank)
+    gap = np.abs(((bank.attributes[pairs[..., 0]] - bank.attributes[pairs[..., 1]]) * w[:, None]).sum(-1)
+                 + shared[pairs[..., 0]] - shared[pairs[..., 1]])
+    clean = np.isin(ep.tgt_pair.numpy(), bank.clean_pairs())
     rows = orient(pairs, ep.tgt_y.numpy())  # (U, T, 2) [chosen, rejected]
     chosen, rejected, user = [], [], []
     for u in range(cfg.users):
         after = np.arange(k[u], k[u] + cfg.target_candidates)  # targets never include the context
+        after = after[clean[u, after]]
         for t in after[np.argsort(-gap[u, after], kind="stable")[:cfg.pairs_per_user]]:
             chosen.append(rows[u, t, 0])
             rejected.append(rows[u, t, 1])

@@ -1,4 +1,5 @@
-"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|reward|policy|policy_mixed] [--key=value]`.
+"""Rebuild the shipped checkpoints: `python -m npdemo.train [synthetic|corpus|quality|reward|policy|policy_mixed]
+[--key=value]`.
 
 With no stage, every stage runs in order and finished ones are skipped; name a stage to rebuild it.
 """
@@ -15,14 +16,15 @@ from ..config import (CHECKPOINTS, POLICY_DIR, POLICY_MIXED_DIR, REWARD_DIR, REW
 from ..data import base_model, synthetic, users
 from ..data.bank import BankError, load_bank
 from ..data.corpus import CORPUS
+from ..data.quality_scores import QUALITY
 from ..model import checkpoints
 from ..model.context_encoder import EncoderConfig
 from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
-from ..model.policy_checkpoint import save_policy
+from ..model.policy_checkpoint import reward_pairing, save_policy
 from ..model.logprobs import reference_key
 from ..model.reward import RewardConfig, build_reward_model, load_reward_model
 from . import corpus_build, distributed, dpo
-from .bank_build import embed_corpus
+from .bank_build import build_quality, embed_corpus
 from .corpus_build import CorpusConfig
 from .dpo import DPOConfig
 from .fit import FitConfig, fit
@@ -94,15 +96,28 @@ def build_corpus(cfg: CorpusConfig) -> list[str]:
 
 
 @dataclass
+class QualityConfig:
+    model: str = ""          # base model whose fluency is measured (default: the default id)
+
+
+def score_quality(cfg: QualityConfig) -> list[str]:
+    """Fluency, relevance and junk of every corpus response (assets/quality-v1.npz), beside the bank."""
+    return [str(build_quality(cfg.model))]
+
+
+@dataclass
 class RewardTrainConfig(UserBatchConfig):
     latent: int = 64         # size of z
     weight_decay: float = 0.01
     beta_kl: float = 0.1     # NP-BTL KL weight: at 1.0 the latent collapsed on this corpus (NP-BTL = BTL-mixed)
     model: str = ""          # base model for the embeddings (default: the default id)
+    quality_weight: float = users.QUALITY_WEIGHT  # the users' lambda (README compares 0 with the default)
+    dir: str = str(REWARD_DIR)  # where the checkpoints go
 
 
 def train_reward(cfg: RewardTrainConfig) -> list[str]:
     """NP-BTL (Gaussian latent) and BTL-mixed on simulated users over the corpus pair bank."""
+    users.QUALITY_WEIGHT = cfg.quality_weight
     try:
         bank = load_bank()  # the shipped bank, if it matches the corpus and the model
         if bank.meta["model"] != base_model.model_name(cfg.model or None):
@@ -121,7 +136,7 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 
     fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed,
                         weight_decay=cfg.weight_decay)
-    return [fit_and_save(REWARD_DIR / name, reward_config({**spec, "beta_kl": cfg.beta_kl}, bank.features.shape[1],
+    return [fit_and_save(Path(cfg.dir) / name, reward_config({**spec, "beta_kl": cfg.beta_kl}, bank.features.shape[1],
                                                           cfg.hidden, cfg.latent),
                          sample_batch, val_eps, fit_cfg, train=asdict(cfg), bank=bank.meta)
             for name, spec in REWARD_MODELS.items()]
@@ -156,6 +171,7 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
         return []
     path = save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
                        conditioned=cfg.conditioned, train=asdict(cfg), log=log, bank=bank.meta,
+                       reward=reward_pairing(REWARD_DIR / "np_btl"),
                        train_seconds=round(time.time() - start, 1))
     return [str(path.parent)]
 
@@ -168,6 +184,7 @@ def has_checkpoints(directory: Path, names) -> bool:
 STAGES = {
     "synthetic": (SyntheticConfig, train_synthetic, lambda: has_checkpoints(SYNTHETIC_DIR, SYNTHETIC_MODELS)),
     "corpus": (CorpusConfig, build_corpus, CORPUS.is_file),
+    "quality": (QualityConfig, score_quality, QUALITY.is_file),
     "reward": (RewardTrainConfig, train_reward, lambda: has_checkpoints(REWARD_DIR, REWARD_MODELS)),
     "policy": (PolicyTrainConfig, train_policy, lambda: has_checkpoints(CHECKPOINTS, ["policy"])),
     "policy_mixed": (lambda: PolicyTrainConfig(conditioned=False), train_policy,

@@ -47,6 +47,7 @@ def test_labelling_moves_the_estimate_towards_the_user_and_generation_streams(cl
     steered, base, in_ctx, steered_md, base_md, _ = job.outputs()[-1]
     assert len(updates) > 3 and steered and base and in_ctx == ""  # streamed, both columns, no in-context
     assert "reward under your latent" in steered_md and "concise" in base_md
+    assert "fluency" in steered_md and "relevance" in base_md  # quality under every output
 
     for bad in ["", "   "]:
         with pytest.raises(Exception, match="prompt is empty"):

@@ -12,4 +12,4 @@ def test_shared_prefix_generation_matches_each_prompt_alone(real_lm):
     sampling = Sampling(max_new_tokens=12, greedy=True)
     alone = [generate(policy, [p], None, sampling)[0] for p in prompts]
     assert len(set(alone)) == len(alone)  # distinct answers: the comparison is not vacuous
-    assert generate_base_shared_prefix(policy, prompts, sampling) == alone
+    assert generate_base_shared_prefix(policy, prompts, sampling).texts == alone

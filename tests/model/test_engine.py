@@ -80,7 +80,9 @@ def test_stream_side_by_side_and_scores(engine):
     scores = engine.score(s, "How do I boil an egg?", final)
     for name in final:
         if final[name].strip():
-            assert set(scores[name]) == {"concise", "structured", "warm", "reward"}
+            assert set(scores[name]) == {"concise", "structured", "warm", "reward", "fluency", "relevance", "junk",
+                                         "junk_reason", "relevance_note"}
+            assert isinstance(scores[name]["junk"], bool) and -1 <= scores[name]["relevance"] <= 1
     assert "I liked" in engine.in_context_prompt(s, "Q?") and engine.in_context_prompt(s, "Q?").endswith("Q?")
 
 

@@ -51,14 +51,30 @@ def test_steering_report(tmp_path):
             p.normal_(0, 0.5)
     enc = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
     out = steering.steering(pol, enc, bank, CFG, np.random.default_rng(0), mixed=pol)
-    assert set(out["users"]) == {"concise", "structured", "warm", "centre"}
-    for u in out["users"].values():
-        for key in ("np_dpo_win_rate", "in_context_win_rate", "dpo_mixed_win_rate", "np_dpo_vs_dpo_mixed_win_rate"):
-            assert 0 <= u[key] <= 1
-        assert len(u["np_dpo_attributes"]) == 3
-    assert len(out["dpo_mixed"]) == 3
+    assert set(out["users"]) == set(out["win_rate"]) == {"concise", "structured", "warm", "centre"}
+    for u in out["win_rate"].values():
+        assert set(u) == {"np_dpo", "in_context", "dpo_mixed", "np_dpo_vs_dpo_mixed"}
+        assert all(0 <= v <= 1 for v in u.values())
+    assert set(out["rows"]) == {"base", "dpo_mixed", "np_dpo, no labels", *(f"{m}, {u}" for m in ("np_dpo", "in_context")
+                                                                            for u in out["users"])}
+    for row in out["rows"].values():
+        assert len(row["attributes"]) == 3 and 0 <= row["junk_rate"] <= 1 and 0 <= row["eos_share"] <= 1
+        assert len(row["answers"]) == out["prompts"] and row["examples"] == row["answers"][:3]
+        assert -1 <= row["relevance"] <= 1
     assert set(out["z_swap"]) == {"axis", "from_base", "from_prior", "concise_vs_warm"}
-    assert len(out["prior"]) == 3 and len(out["per_prompt"]["prior"]) == out["prompts"]
+
+
+def test_win_rate_counts_junk_as_a_loss():
+    """By hand: prompt 1 both real (ours better), 2 ours junk, 3 the other's junk, 4 both junk."""
+    def answers(concise, junk):
+        n = len(junk)
+        return steering.ScoredAnswers([""] * n, np.ones(n, bool), np.column_stack([concise, np.zeros((n, 2))]),
+                                      np.full(n, 2.0), np.full(n, 0.5), np.array(junk))
+    ours = answers([0.9, 0.0, 0.2, 0.0], [False, True, False, True])
+    other = answers([0.1, 0.9, 0.0, 0.0], [False, False, True, True])
+    w = np.array([1.0, 0.0, 0.0])
+    assert steering.win_rate(w, ours, other) == pytest.approx((1 + 0 + 1 + 0) / 4)
+    assert steering.win_rate(w, other, ours) == pytest.approx((0 + 1 + 0 + 0) / 4)
 
 
 def test_in_context_prompt_holds_the_labels():
@@ -95,7 +111,7 @@ def test_true_reward_reference_by_hand():
     users = steering.ImplicitRewardUsers.sample(bank, steering.SteeringConfig(users_per_k=5, targets=2, seed=1))
     oracle = steering.reference_accuracy(users, bank, None)["true reward (oracle)"]
     for u in range(5):
-        r = bank.attributes[users.targets[u]] @ users.weights[u]  # (T, 2)
+        r = bank.attributes[users.targets[u]] @ users.weights[u]  # (T, 2); a toy bank has no quality part
         expected = np.mean([0.5 if a == b else float((a > b) == y) for (a, b), y in zip(r, users.y[u])])
         assert oracle[0][u] == expected == oracle[10][u]
 

@@ -37,7 +37,7 @@ LONG_WARM_PROSE = (
     "really think you're going to surprise yourself with how quickly things start to click. "
     "Good luck, have fun with it, and enjoy the ride! 😊"
 )
-LONG_LIST = "\n".join(f"{i}. {LONG_PROSE[:120]}" for i in range(1, 8))
+LONG_LIST = "\n".join(f"{i}. {sentence}." for i, sentence in enumerate((LONG_PROSE + " " + LONG_WARM_PROSE).split(". "), 1))
 TINY_MODEL_REPLY = "Sure thing! Here's how:\n1. Boil water.\n2. Add pasta.\n3. Enjoy! 😊"
 
 ODD_INPUTS = [
@@ -60,8 +60,11 @@ ODD_INPUTS = [
 
 
 def _words(n: int) -> str:
-    """A neutral text of exactly n words."""
-    return " ".join(["data"] * n)
+    """A neutral text of exactly n distinct real words (a repeated word would be a junk loop)."""
+    from wordfreq import top_n_list
+
+    common = [w for w in top_n_list("en", 3000) if w.isalpha() and len(w) > 3]
+    return " ".join(common[:n])
 
 
 @pytest.mark.parametrize("text", ODD_INPUTS, ids=range(len(ODD_INPUTS)))
@@ -136,7 +139,7 @@ def test_structured_saturates_with_item_count() -> None:
         "Step 1: mix\nStep 2: bake\nStep 3: cool",
         "## Recipe\n**Ingredients:**\n- eggs\n- milk",
         "**Step 1:** Mix the flour.\n**Step 2:** Add the eggs.\n**Step 3:** Bake.",
-        "| item | qty |\n|---|---|\n| eggs | 2 |",
+        "| item | qty |\n|---|---|\n| eggs | 2 |\n| milk | 1 |\n| flour | 3 |",
     ],
 )
 def test_structured_recognises_list_and_heading_styles(text: str) -> None:
@@ -144,7 +147,8 @@ def test_structured_recognises_list_and_heading_styles(text: str) -> None:
 
 
 def test_structured_inline_sequence_words_add_only_a_little() -> None:
-    inline = "First, boil water. Second, add pasta. Then stir. Next, drain. Finally, serve. " * 4
+    inline = ("First, boil the water. Second, add the pasta and salt. Then stir it well. Next, drain it in the "
+              "sink. Finally, serve it warm with sauce and cheese.")
     assert 0.0 < structured(inline) < 0.2
     assert structured(inline) < structured("- boil water\n- add pasta\n- stir")
 

@@ -62,3 +62,15 @@ def test_tampered_missing_and_foreign_checkpoints(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(checkpoints.CheckpointError, match="not valid JSON"):
         load_reward_model(tmp_path)
+
+
+def test_shipped_policy_names_the_reward_checkpoint_it_was_trained_with():
+    """The app pairs the policy's encoder with an NP-BTL decoder: only the one it was trained with is accepted."""
+    from npdemo.config import CHECKPOINTS, POLICY_DIR, REWARD_DIR
+    from npdemo.model.policy_checkpoint import paired_reward_dir
+
+    paired = paired_reward_dir(POLICY_DIR)
+    assert paired == CHECKPOINTS / "reward_v1" / "np_btl"
+    assert paired_reward_dir(POLICY_DIR, paired) == paired
+    with pytest.raises(checkpoints.CheckpointError, match="was trained with the NP-BTL checkpoint reward_v1/np_btl"):
+        paired_reward_dir(POLICY_DIR, REWARD_DIR / "btl_mixed")

@@ -1,0 +1,99 @@
+"""Is a text junk? The text-only half of the verdict: real words, symbol density and repetition.
+
+A reply is junk when a reader would not call it an answer at all: mostly invented words, symbol or emoji soup,
+or one phrase looping. Real words come from a maintained word list (`wordfreq`'s English frequencies, offline),
+not from our own corpus, which holds junk too. Markdown structure (list markers, bold, table bars) is layout,
+not noise, so it is stripped before symbols are counted. Text in another language gets its own reason and is
+not called junk. The language model's half (fluency) lives in `npdemo.model.quality`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+MIN_REAL_WORDS = 0.6   # share of word characters in English words; below: mostly invented words
+MAX_SYMBOLS = 0.15     # share of visible characters that are symbols or emoji once markdown is stripped
+MAX_REPEATED = 0.5     # share of word 4-grams that repeat an earlier one
+MAX_CHARS = 20_000     # longer texts are judged on their beginning (a 100k-character paste stays fast)
+OTHER_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl")  # Latin-script languages told apart from English
+LANGUAGE_MARGIN = 1.0  # mean Zipf frequency by which another language must beat English (measured: 2.9-3.1)
+LANGUAGE_WORDS = 60    # words the language guess reads
+
+_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+(?:['\u2019][A-Za-z]+)*")
+_MARKDOWN = [re.compile(p, re.M) for p in (
+    r"^\s*(?:#{1,6}|>|[-*•+]|\d{1,3}[.)])\s+",   # line-start markers: headings, quotes, bullets, numbers
+    r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$",           # horizontal rules and table separators
+    r"\*\*|__|\|",                               # bold and table bars
+)]
+_PLAIN = set(".,;:!?'\"()-\u2013\u2014\u2019\u201c\u201d\u2026/%$&")  # punctuation a sentence uses
+
+
+@dataclass(frozen=True)
+class TextCheck:
+    """What the text half of the junk verdict measured, and the verdict with its reason."""
+    words: int          # Latin-script words
+    real_words: float   # character-weighted share of them in the English word list
+    symbols: float      # share of visible characters that are symbols/emoji (markdown stripped)
+    repeated: float     # share of word 4-grams repeating an earlier one
+    english: bool
+    junk: bool
+    reason: str         # "" when fine
+
+
+def has_real_word(text: str) -> bool:
+    """Does the text hold at least one English word (of two letters or more, or "a"/"I")?"""
+    from wordfreq import zipf_frequency
+    return any(zipf_frequency(w, "en") > 0 for w in _LATIN_WORD.findall(text) if len(w) > 1 or w in "aAI")
+
+
+def _real_share(words: list[str]) -> float:
+    """Share of word characters in English words (long invented words weigh more)."""
+    from wordfreq import zipf_frequency
+    total = sum(map(len, words))
+    return sum(len(w) for w in words if zipf_frequency(w, "en") > 0) / total if total else 0.0
+
+
+def _other_language(words: list[str]) -> str | None:
+    """The Latin-script language these words read as, if clearly not English (by mean Zipf frequency)."""
+    from wordfreq import zipf_frequency
+    head = words[:LANGUAGE_WORDS]
+    mean = {lang: sum(zipf_frequency(w, lang) for w in head) / len(head) for lang in ("en", *OTHER_LANGUAGES)}
+    best = max(OTHER_LANGUAGES, key=mean.get)
+    return best if mean[best] >= mean["en"] + LANGUAGE_MARGIN else None
+
+
+def _symbol_share(text: str) -> float:
+    for pattern in _MARKDOWN:
+        text = pattern.sub(" ", text)
+    visible = [c for c in text if not c.isspace()]
+    odd = [c for c in visible if not c.isalnum() and c not in _PLAIN]
+    return len(odd) / len(visible) if visible else 0.0
+
+
+def _repeated_share(words: list[str]) -> float:
+    grams = [tuple(w.lower() for w in words[i:i + 4]) for i in range(len(words) - 3)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+@lru_cache(maxsize=65536)
+def check_text(text: str) -> TextCheck:
+    """The text half of the junk verdict for one reply; any string gets a verdict, never an exception."""
+    text = text[:MAX_CHARS]
+    words = _LATIN_WORD.findall(text)
+    letters = [c for c in text if c.isalpha()]
+    latin = sum(1 for w in words for c in w if c.isalpha())
+    symbols, repeated = _symbol_share(text), _repeated_share(words)
+    if not text.strip():
+        return TextCheck(0, 0.0, 0.0, 0.0, True, True, "empty")
+    if letters and latin < 0.5 * len(letters):
+        return TextCheck(len(words), 0.0, symbols, repeated, False, False, "not English (mostly another script)")
+    real = _real_share(words)
+    other = _other_language(words) if words else None
+    if other:
+        return TextCheck(len(words), real, symbols, repeated, False, False, f"not English (reads as {other!r})")
+    reason = ("no words" if not words else
+              f"{real:.0%} real words (under {MIN_REAL_WORDS:.0%})" if real < MIN_REAL_WORDS else
+              f"{symbols:.0%} symbols (over {MAX_SYMBOLS:.0%})" if symbols > MAX_SYMBOLS else
+              f"{repeated:.0%} repeated phrases (over {MAX_REPEATED:.0%})" if repeated > MAX_REPEATED else "")
+    return TextCheck(len(words), real, symbols, repeated, True, bool(reason), reason)

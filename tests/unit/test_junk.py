@@ -1,0 +1,76 @@
+"""The text half of the junk verdict and the scorers junk cannot win, on the hand fixtures (tests/fixtures)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npdemo.data import attributes, junk, quality_scores
+
+FIXTURES = json.loads((Path(__file__).parent.parent / "fixtures" / "quality.json").read_text())
+TEXT_JUNK = [t for t in FIXTURES["junk"] if t not in FIXTURES["needs_fluency"]]
+
+
+@pytest.mark.parametrize("text", TEXT_JUNK)
+def test_junk_fixtures_are_junk_by_text(text):
+    check = junk.check_text(text)
+    assert check.junk and check.reason, check
+
+
+@pytest.mark.parametrize("text", FIXTURES["fluent"])
+def test_fluent_answers_are_not_junk(text):
+    check = junk.check_text(text)
+    assert not check.junk and check.english, check
+
+
+@pytest.mark.parametrize("text", FIXTURES["junk"])
+def test_junk_cannot_win_concise_or_structured_or_warm_from_emoji(text):
+    # the text checks alone see most junk; the rest is junk by fluency, a verdict the caller passes in
+    scores = attributes.score(text, junk=True if text in FIXTURES["needs_fluency"] else None)
+    assert scores[0] == 0 and scores[1] == 0, scores  # concise, structured
+    bare = attributes._EMOJI.sub("", attributes._SMILEY.sub("", text))  # emoji and smileys add no warmth to junk
+    assert attributes.warm(text, junk=True) == attributes.warm(bare, junk=True)
+
+
+def test_list_items_need_real_words():
+    assert attributes.structured("1. Water it weekly.\n2. Give it light.\n3. Repot in spring.") > 0.7
+    empty_items = "Here is a plan that should help your plant recover over the next few weeks.\n1. 💡\n2. ++\n3. 🌿"
+    assert not junk.check_text(empty_items).junk and attributes.structured(empty_items) < 0.01  # "next": a cue
+
+
+def test_fluent_emoji_still_warm():
+    assert attributes.warm(FIXTURES["fluent"][2]) > 0.9
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("", "empty"), ("   \n\t ", "empty"), ("🌿🌿🌿😊", "no words"), ("** | --- | **\n- \n1.", "no words"),
+    ("plant plant water plant plant water plant plant water plant plant water plant plant water", "repeated"),
+])
+def test_bad_input_gets_a_verdict(text, reason):
+    check = junk.check_text(text)
+    assert check.junk and reason in check.reason
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("Riega la planta una vez por semana y ponla cerca de una ventana con mucha luz.", "es"),
+    ("Arrosez la plante une fois par semaine et placez-la près d'une fenêtre lumineuse.", "fr"),
+    ("多浇水，多晒太阳，植物就会长得很好。", "script"),
+    ("Поливайте растение раз в неделю.", "script"),
+])
+def test_other_languages_are_named_not_called_junk(text, lang):
+    check = junk.check_text(text)
+    assert not check.junk and not check.english and "not English" in check.reason and lang in check.reason
+
+
+def test_huge_text_is_judged_fast_on_its_beginning():
+    text = "Water the plant when the soil is dry. " * 3000  # 114k characters
+    check = junk.check_text(text)
+    assert check.junk and "repeated" in check.reason  # a loop, judged without an exception
+    assert len(text) > junk.MAX_CHARS
+
+
+def test_fluency_enters_the_verdict_and_q():
+    assert quality_scores.is_junk(np.array([False, False, True]), np.array([2.0, 6.0, np.nan])).tolist() == \
+        [False, True, True]
+    q = quality_scores.quality_score(np.array([1.0, 5.5, np.nan]), np.array([0.8, 0.8, -0.2]))
+    np.testing.assert_allclose(q, [0.9, 0.4, 0.25])
