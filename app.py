@@ -1,6 +1,6 @@
 """npdemo: label ~10 response pairs, see yourself on the preference simplex, watch the steered model stream.
 
-`python app.py [--model ID_OR_PATH] [--quant auto|nf4|bf16|fp32] [--policy DIR] [--host H] [--port N]`: builds the
+`python app.py [--model ID_OR_PATH] [--quant auto|int4|nf4|bf16|fp32] [--policy DIR] [--host H] [--port N]`: builds the
 engine (the default model and the shipped checkpoints), the page around it (npdemo.serve.ui), and launches it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from npdemo.serve.ui import build_demo, serve
 @dataclass
 class AppConfig:
     model: str = ""                   # base model id or path (default: SmolLM2-135M-Instruct)
-    quant: str = "auto"               # auto, nf4, bf16 or fp32
+    quant: str = "auto"               # auto (the fastest 4-bit path here), int4, nf4, bf16 or fp32
     policy: Path = POLICY_DIR         # policy checkpoint folder
     host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", 7860)))

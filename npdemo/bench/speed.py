@@ -1,10 +1,11 @@
 """The speed benchmark (`python -m npdemo.bench speed`).
 
-In one process and one run, per precision (NF4, bf16): load time, time to first streamed text, decode
-tokens/s unsteered vs FiLM-steered (every decoder layer modulated), 4 visitors at once (one after another
-under the policy lock vs merged by the app's batcher), and resident memory; plus the latency of encoding 10
-labelled pairs into z. Ratios (FiLM overhead, NF4 vs bf16) come from the same run.
-FiLM and LoRA weights are random non-zero here: their cost does not depend on training.
+In one process and one run, per precision (int4, NF4, bf16): load time, plain Hugging Face `generate` tokens/s
+(no peft, no hooks) on the freshly loaded model, then npdemo's: time to first streamed text, decode tokens/s
+unsteered vs FiLM-steered (LoRA on, every decoder layer modulated), the prefill of 4 prompts, 4 visitors at once
+each asking for a steered and a base answer (one after another under the policy lock vs merged by the app's
+batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, and the CPU's flags.
+Ratios come from the same run. FiLM and LoRA weights are random non-zero: their cost does not depend on training.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 
 from ..data import base_model
 from ..model.context_encoder import ContextEncoder, EncoderConfig
-from ..model.generation import Sampling, prompt_ids
+from ..data.tokens import chat_text, encode
+from ..model.generation import Sampling
 from ..model.policy import ConditionalPolicy, PolicyConfig
 from ..serve.batching import Batcher
 from ..serve.streaming import Streamer
@@ -52,16 +54,37 @@ def time_first_text(streamer: Streamer, z: torch.Tensor | None) -> float:
     return elapsed
 
 
-def time_decode(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
-    """Tokens/s for exactly n new tokens (greedy, EOS ignored), prefill included."""
-    policy = streamer.policy
-    ids = torch.tensor([prompt_ids(policy, PROMPT)[0]])
+def prompt_tensor(lm: base_model.LoadedModel, rows: int = 1) -> torch.Tensor:
+    text = chat_text(lm.tokenizer, [{"role": "user", "content": PROMPT}])
+    return torch.tensor([encode(lm.tokenizer, text)] * rows, device=lm.device)
+
+
+@torch.no_grad()
+def time_generate(model, lm: base_model.LoadedModel, n: int) -> float:
+    """Tokens/s of `model.generate` for exactly n new tokens (greedy, EOS ignored), prefill included."""
+    ids = prompt_tensor(lm)
     start = time.perf_counter()
-    with torch.no_grad(), streamer.lock, policy.conditioned(z):
-        policy.model.generate(input_ids=ids.to(policy.lm.device), attention_mask=torch.ones_like(ids).to(
-            policy.lm.device), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-            pad_token_id=policy.tokenizer.pad_token_id)
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                   min_new_tokens=n, pad_token_id=lm.tokenizer.pad_token_id)
     return n / (time.perf_counter() - start)
+
+
+def time_decode(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
+    """npdemo's tokens/s: the policy under the streamer's lock, steered by z (None: LoRA and FiLM off)."""
+    policy = streamer.policy
+    with streamer.lock, policy.conditioned(z):
+        return time_generate(policy.model, policy.lm, n)
+
+
+@torch.no_grad()
+def time_prefill(policy: ConditionalPolicy, rows: int, z: torch.Tensor) -> float:
+    """Seconds for one steered forward over `rows` copies of the prompt (what a batch of visitors waits for)."""
+    ids = prompt_tensor(policy.lm, rows)
+    start = time.perf_counter()
+    with policy.conditioned(list(z.expand(rows, -1))):
+        policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=policy.adapter_names(
+            [z] * rows))
+    return time.perf_counter() - start
 
 
 def time_concurrent(stream: Callable[[], Iterator], users: int, n: int) -> dict[str, float]:
@@ -91,20 +114,31 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     start = time.perf_counter()
     lm = base_model.load(model, quant=quant)
     load_s = time.perf_counter() - start
+    time_generate(lm.model, lm, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
+    plain = statistics.median(time_generate(lm.model, lm, new_tokens) for _ in range(repeats))
     policy = ConditionalPolicy(lm, PolicyConfig(latent=latent))
     randomise(policy)
     streamer = Streamer(policy)
     z = torch.randn(1, latent)
-    out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size}
-    time_decode(streamer, None, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
+    out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size,
+           "tok_s_plain_hf": plain}
+    time_decode(streamer, z, 4)
     for name, zz in (("unsteered", None), ("steered", z)):
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(streamer, zz) for _ in range(repeats))
         out[f"tok_s_{name}"] = statistics.median(time_decode(streamer, zz, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
+    out["overhead_vs_plain_hf"] = plain / out["tok_s_steered"] - 1
+    out["prefill_4_s"] = statistics.median(time_prefill(policy, 4, z) for _ in range(repeats))
     sampling = Sampling(max_new_tokens=new_tokens, greedy=True)
     batcher = Batcher(streamer)  # as in the app: concurrent requests merged into one batched generate
-    out["concurrent_4_serial"] = time_concurrent(lambda: streamer.stream(PROMPT, z, sampling), 4, new_tokens)
-    out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT], [z], sampling), 4, new_tokens)
+
+    def serial():  # the steered and the base answer of one visitor, one after the other under the lock
+        yield from streamer.stream(PROMPT, z, sampling)
+        yield from streamer.stream(PROMPT, None, sampling)
+
+    out["concurrent_4_serial"] = time_concurrent(serial, 4, 2 * new_tokens)
+    out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT, PROMPT], [z, None], sampling), 4,
+                                                  2 * new_tokens)
     out.update(memory_mb())  # the peak covers this process so far
     policy.hooks.remove()
     return out
@@ -123,25 +157,37 @@ def bench_encode(d: int, latent: int, repeats: int = 50) -> float:
     return statistics.median(times[5:])
 
 
+QUANTS = ("int4", "nf4", "bf16")
+
+
 def run_speed(args) -> dict:
-    """Both precisions in one run, printed as README's tables; args: a BenchConfig."""
-    rows = [bench_precision(args.model or None, q, args.new_tokens, args.repeats, args.latent) for q in ("nf4", "bf16")]
+    """Every precision in one run, printed as README's tables; args: a BenchConfig."""
+    flags = base_model.cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    rows = [bench_precision(args.model or None, q, args.new_tokens, args.repeats, args.latent) for q in QUANTS]
     encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
-    print(f"\nSpeed on {rows[0]['device']}, {args.new_tokens} new tokens, greedy, median of {args.repeats}:")
-    print("| precision | load s | TTFT s (base / steered) | tok/s (base / steered) | FiLM overhead | RSS MB | peak MB |")
-    print("|---|---|---|---|---|---|---|")
+    threads = torch.get_num_threads()
+    print(f"\nSpeed on {rows[0]['device']} ({threads} threads; CPU flags: {' '.join(shown) or 'none of note'}), "
+          f"{args.new_tokens} new tokens, greedy, median of {args.repeats}:")
+    print("| precision | load s | plain HF tok/s | npdemo tok/s (base / steered) | steered vs plain HF | TTFT s (base / "
+          "steered) | 4-prompt prefill s | RSS MB | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['quant']} | {r['load_s']:.1f} | {r['ttft_s_unsteered']:.2f} / {r['ttft_s_steered']:.2f} | "
-              f"{r['tok_s_unsteered']:.1f} / {r['tok_s_steered']:.1f} | {100 * r['film_overhead']:+.1f} % | "
-              f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
-    print("| precision | 4 concurrent users | TTFT p50 / worst s | total tok/s |")
-    print("|---|---|---|---|")
+        print(f"| {r['quant']} | {r['load_s']:.1f} | {r['tok_s_plain_hf']:.1f} | {r['tok_s_unsteered']:.1f} / "
+              f"{r['tok_s_steered']:.1f} | {100 * r['overhead_vs_plain_hf']:+.1f} % | {r['ttft_s_unsteered']:.2f} / "
+              f"{r['ttft_s_steered']:.2f} | {r['prefill_4_s']:.2f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print("| precision | 4 visitors (steered + base each) | TTFT p50 / worst s | total tok/s | vs single stream |")
+    print("|---|---|---|---|---|")
     for r in rows:
         for how in ("serial", "batched"):
             c = r[f"concurrent_4_{how}"]
-            print(f"| {r['quant']} | {how} | {c['ttft_p50_s']:.2f} / {c['ttft_max_s']:.2f} | {c['total_tok_s']:.1f} |")
-    ratio = rows[0]["tok_s_steered"] / rows[1]["tok_s_steered"]
-    print(f"NF4 / bf16 steered tok/s: {ratio:.2f}x; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
-    return {"rows": rows, "nf4_over_bf16": ratio, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,
-            "repeats": args.repeats}
-
+            print(f"| {r['quant']} | {how} | {c['ttft_p50_s']:.2f} / {c['ttft_max_s']:.2f} | {c['total_tok_s']:.1f} | "
+                  f"{c['total_tok_s'] / r['tok_s_steered']:.2f}x |")
+    by = {r["quant"]: r for r in rows}
+    ratios = {f"{a}_over_{b}": by[a]["tok_s_steered"] / by[b]["tok_s_steered"]
+              for a, b in (("int4", "bf16"), ("int4", "nf4"), ("nf4", "bf16")) if a in by and b in by}
+    print("Steered single-stream ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+          + f"; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
+    print("llama.cpp reference row: not measured (llama-cpp-python builds from source; not attempted here)")
+    return {"rows": rows, "ratios": ratios, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "threads": threads, "cpu_flags": shown}

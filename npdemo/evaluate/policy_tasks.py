@@ -285,7 +285,6 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     mixed = policies["dpo_mixed"][0] if "dpo_mixed" in policies else None
     steer = steering(*policies["np_dpo"], bank, cfg, np.random.default_rng(seed), mixed=mixed)
     print_steering(steer)
-    print_z_swap(steer["z_swap"])
     return {**out, "steering": steer}
 
 

@@ -146,7 +146,7 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 class PolicyTrainConfig(LoRAConfig, DPOConfig):
     """The DPO recipe plus the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
-    quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs)
+    quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)
 
     def policy_config(self, latent: int) -> PolicyConfig:
         return PolicyConfig(latent=latent, **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
@@ -158,6 +158,8 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     With conditioned=False (the policy_mixed stage) the same run trains the DPO-mixed baseline (no latent) into
     checkpoints/policy_mixed. Under `accelerate launch` / `torchrun` the ranks share each step (data parallel).
     """
+    if cfg.quant in ("int4", "auto"):
+        raise SystemExit(f"--quant {cfg.quant}: the int4 kernel has no backward; train in fp32, bf16 or nf4")
     ranks = distributed.init()
     bank = load_bank()
     np_btl = load_reward_model(REWARD_DIR / "np_btl")

@@ -12,9 +12,11 @@ def test_bench_reports_all_figures(tmp_path):
     main(["--model", str(tmp_path / "m"), "--new-tokens", "4", "--repeats", "1", "--latent", "8",
                 "--json", str(tmp_path / "b.json")])
     out = json.loads((tmp_path / "b.json").read_text())
-    assert [r["quant"] for r in out["rows"]] == ["nf4", "bf16"]
+    assert [r["quant"] for r in out["rows"]] == ["int4", "nf4", "bf16"]
+    assert set(out["ratios"]) == {"int4_over_bf16", "int4_over_nf4", "nf4_over_bf16"} and out["threads"] >= 1
     for r in out["rows"]:
         assert r["tok_s_steered"] > 0 and r["tok_s_unsteered"] > 0 and r["ttft_s_steered"] > 0
+        assert r["tok_s_plain_hf"] > 0 and r["prefill_4_s"] > 0
         assert r["peak_rss_mb"] >= r["rss_mb"] > 0
         for how in ("serial", "batched"):
             c = r[f"concurrent_4_{how}"]

@@ -32,17 +32,18 @@ def test_fixtures_with_fluency(real_lm):
     assert np.isnan(fluent[0].fluency)  # "Water it weekly.": too short to rate, and not junk for it
 
 
-def test_verdict_agrees_across_fp32_bf16_and_the_apps_4bit(real_lm):
-    """The app judges with its own (4-bit) base model, evaluation with fp32: the verdicts must agree, on the
-    fixtures and on corpus responses on both sides of the line (all flagged ones, as many clean ones)."""
+def test_verdict_agrees_across_fp32_bf16_and_int4(real_lm):
+    """The app judges with its own base model (int4 on a CPU, bf16 where asked), evaluation with fp32: the
+    verdicts must agree, on the fixtures and on corpus responses on both sides of the line. (NF4, the CUDA
+    default, agreed on 44 such rows when measured once; at 5 tok/s on a CPU it is too slow for every CI run.)"""
     bank = load_bank()
-    flagged = np.flatnonzero(bank.quality.junk)
-    clean = np.flatnonzero(~bank.quality.junk)[::97][:len(flagged)]
+    flagged = np.flatnonzero(bank.quality.junk)[::2]
+    clean = np.flatnonzero(~bank.quality.junk)[::331][:len(flagged)]
     rows = np.concatenate([flagged, clean])
     prompts = [PROMPT] * (len(FIXTURES["junk"]) + len(FIXTURES["fluent"])) + [bank.records[i]["prompt"] for i in rows]
     texts = FIXTURES["junk"] + FIXTURES["fluent"] + [bank.records[i]["response"] for i in rows]
     reference = verdicts(real_lm, prompts, texts)
-    for quant in ("bf16", "nf4"):
+    for quant in ("bf16", "int4"):
         lm = base_model.load(quant=quant)
         assert verdicts(lm, prompts, texts) == reference, quant
 
@@ -83,7 +84,8 @@ def test_bad_input_gets_a_verdict_and_a_score(real_lm):
     qs = quality.assess(real_lm.model, real_lm.tokenizer, [PROMPT] * len(texts), texts)
     assert [q.junk for q in qs] == [True, True, True, True, False, True]
     assert "not English" in qs[4].reason and "repeated" in qs[5].reason
-    assert all(np.isnan(q.fluency) for q in qs[:4]) and np.isfinite(qs[5].fluency)
+    assert np.isnan(qs[0].fluency) and np.isnan(qs[1].fluency) and np.isfinite(qs[5].fluency)  # nothing to rate
+    assert all(isinstance(q.fluency, float) and isinstance(q.relevance, float) for q in qs)
 
 
 def test_missing_embedder_names_the_package_and_the_install_line(monkeypatch):

@@ -126,16 +126,19 @@ def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
     assert no_encoder is None and all((p == 0).all() for p in mixed.film.parameters())  # FiLM stays identity
 
 
-def test_nf4_base_with_lora_and_film(tmp_path):
+@pytest.mark.parametrize("quant", ["nf4", "int4"])
+def test_4bit_base_with_lora_and_film(tmp_path, quant):
     import bitsandbytes as bnb
 
     from npdemo.data import base_model
+    from npdemo.data.int4 import Int4Linear
 
     tiny = make_tiny_lm()
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
-    lm = base_model.load(str(tmp_path), quant="nf4")
-    assert lm.quant == "nf4" and any(isinstance(m, bnb.nn.Linear4bit) for m in lm.model.modules())
+    lm = base_model.load(str(tmp_path), quant=quant)
+    four_bit = bnb.nn.Linear4bit if quant == "nf4" else Int4Linear
+    assert lm.quant == quant and any(isinstance(m, four_bit) for m in lm.model.modules())
     assert base_model.fingerprint(lm.model) == base_model.fingerprint(tiny.model)  # same base, any precision
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
@@ -145,6 +148,27 @@ def test_nf4_base_with_lora_and_film(tmp_path):
     perturb(pol)
     assert not torch.allclose(logits_of(pol, ids, torch.randn(1, 8)), base)
     assert generate(pol, ["Hello"], torch.randn(1, 8), GREEDY)
+    z = torch.randn(3, 8)
+    prompts = ["Hello", "How do I boil an egg?", "Hi"]
+    batched = generate(pol, prompts, z, GREEDY)
+    alone = [generate(pol, [p], z[i:i + 1], GREEDY)[0] for i, p in enumerate(prompts)]
+    assert batched == alone  # rows do not talk to each other
+
+
+def test_int4_linear_is_the_grouped_4bit_weight():
+    """By hand: the packed layer multiplies like its dequantized weight (min/max groups of 32, 16 levels)."""
+    from npdemo.data.int4 import GROUP, Int4Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 64)
+    layer = Int4Linear(linear)
+    w = linear.weight.detach().reshape(64, -1, GROUP)
+    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    step = (hi - lo) / 15
+    deq = (((w - lo) / step).round() * step + lo).reshape(64, 128)
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(layer(x), x @ deq.T + linear.bias, atol=0.05, rtol=0.02)  # bf16 activations
+    assert (x @ deq.T - x @ linear.weight.T).abs().max() > 0.01  # it really is 4-bit
 
 
 def logits_of(pol, ids, z):
