@@ -52,6 +52,21 @@ def choice_prob(w: np.ndarray, attrs_a: np.ndarray, attrs_b: np.ndarray, shared_
     return 1 / (1 + np.exp(-(((attrs_a - attrs_b) * w).sum(-1) + shared_gap) / TEMPERATURE))
 
 
+POINT_PAIRS = 10  # pairs the idealised user behind a simplex point labels (the encoder's training range)
+
+
+def strongest_labels(bank: Bank, w: np.ndarray, pool: np.ndarray, n: int = POINT_PAIRS) -> list[tuple[int, int]]:
+    """A simplex point as labels: the noise-free user at w labels the n pool pairs it feels most strongly about
+    (largest |reward gap|, quality part included), as (pair, 1 if a chosen); how the app's point control and the
+    steerability test make a latent that means what labels mean."""
+    pairs = bank.pairs.numpy()[pool]
+    shared = bank_shared(bank)
+    gap = ((bank.attributes[pairs[:, 0]] - bank.attributes[pairs[:, 1]]) @ w
+           + shared[pairs[:, 0]] - shared[pairs[:, 1]])
+    strongest = np.argsort(-np.abs(gap), kind="stable")[:n]
+    return [(int(pool[i]), int(gap[i] > 0)) for i in strongest]
+
+
 def sample_users(bank: Bank, split: str, n_users: int, n_targets: int, k: np.ndarray, rng: np.random.Generator,
                  weights: np.ndarray | None = None) -> tuple[Episodes, np.ndarray, np.ndarray]:
     """Users with n_targets distinct pairs from `split` and BTL-sampled choices; context = first k[i] targets.

@@ -1,5 +1,6 @@
 """`python -m npdemo.evaluate {synthetic,reward,selection,policy,quality} [--json PATH] [--html PATH] [--users N] [--seed S]
-[--models np_dpo,dpo_mixed] [--parts implicit,steering] [--quality_weight L] [--reward_dir DIR]`: print the tables, write the numbers (and a figure)."""
+[--models np_dpo,dpo_mixed] [--parts implicit,steering,steerability,app] [--prompts N] [--new_tokens N] ...
+[--quality_weight L] [--reward_dir DIR]`: print the tables, write the numbers (and a figure). Every setting: EvalConfig."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import REWARD_DIR, RUNS, parse_cli
+from ..config import POLICY_DIR, POLICY_MIXED_DIR, REWARD_DIR, RUNS, parse_cli
 from ..data import users as simulated_users
-from .policy_tasks import evaluate_policy
+from .policy_tasks import PARTS, evaluate_policy
+from .steering_tasks import GenerationConfig
 from .quality_tasks import evaluate_quality
 from .reward_tasks import evaluate_reward, evaluate_selection, evaluate_synthetic
 
@@ -21,15 +23,33 @@ class EvalConfig:
     users: int = 2000                       # test users per context size
     seed: int = 1234
     models: str = "np_dpo,dpo_mixed"        # policy: which checkpoints to evaluate
-    parts: str = "implicit,steering"        # policy: which measurements to run
+    parts: str = ",".join(PARTS)            # policy: which measurements to run
+    policy_dir: str = str(POLICY_DIR)       # policy: the NP-DPO checkpoint ...
+    mixed_dir: str = str(POLICY_MIXED_DIR)  # ... and the DPO-mixed one
+    old_recipe: bool = False                # policy: load recipe-1 checkpoints (README's before rows)
+    app_quant: str = "auto"                 # policy: the app's precision, for its junk check
+    prompts: int = GenerationConfig.prompts  # policy steering: test prompts per user
+    contexts: int = GenerationConfig.contexts  # labelled contexts per steering user (the first also sampled)
+    decodings: str = GenerationConfig.decodings
+    new_tokens: int = GenerationConfig.new_tokens
+    in_context: bool = GenerationConfig.in_context
+    dirichlet_users: int = GenerationConfig.dirichlet_users
+    strength: float = GenerationConfig.strength  # steering strength of every steered row
     quality_weight: float = simulated_users.QUALITY_WEIGHT  # reward, selection: the simulated users' lambda
     reward_dir: str = str(REWARD_DIR)       # reward, selection: the checkpoints to score
+
+
+def generation_config(c: EvalConfig) -> GenerationConfig:
+    return GenerationConfig(prompts=c.prompts, contexts=c.contexts, decodings=c.decodings, new_tokens=c.new_tokens,
+                            in_context=c.in_context, dirichlet_users=c.dirichlet_users, strength=c.strength,
+                            seed=c.seed)
 
 
 TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed),
          "reward": lambda c: evaluate_reward(c.users, c.seed, Path(c.reward_dir)),
          "selection": lambda c: evaluate_selection(c.users, c.seed, Path(c.reward_dir)),
-         "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts),
+         "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts, generation_config(c),
+                                             Path(c.policy_dir), Path(c.mixed_dir), c.old_recipe, c.app_quant),
          "quality": lambda c: evaluate_quality()}
 
 

@@ -1,7 +1,9 @@
 """FiLM: a hypernetwork maps the user latent z to per-layer (gamma, beta), applied to every decoder layer's output.
 
 h_l <- gamma_l(z) * h_l + beta_l(z), broadcast over positions, one (gamma, beta) per batch row. Identity at
-init (gamma = 1 + W z with W = 0, beta = 0), so the conditioned policy starts as the base model.
+init (gamma = 1 + W z with W = 0, beta = 0), so the conditioned policy starts as the base model. Bounded FiLM
+(gamma = 1 + s tanh(W z), beta = s tanh(V z)) caps how far any latent can push a layer: an unbounded gamma let
+DPO scale hidden states until the 135M model wrote junk.
 Applied with forward hooks, not wrapper modules: wrappers rename state-dict keys and break peft adapter names.
 """
 from __future__ import annotations
@@ -14,11 +16,11 @@ from torch import nn
 
 
 class FiLM(nn.Module):
-    """z (B, Z) -> gamma, beta (B, n_layers, D)."""
+    """z (B, Z) -> gamma, beta (B, n_layers, D); bound s > 0 squashes both through s tanh (None: unbounded)."""
 
-    def __init__(self, latent: int, hidden_size: int, n_layers: int):
+    def __init__(self, latent: int, hidden_size: int, n_layers: int, bound: float | None = None):
         super().__init__()
-        self.n_layers, self.hidden_size = n_layers, hidden_size
+        self.n_layers, self.hidden_size, self.bound = n_layers, hidden_size, bound
         self.gamma = nn.Linear(latent, n_layers * hidden_size)
         self.beta = nn.Linear(latent, n_layers * hidden_size)
         for layer in (self.gamma, self.beta):  # identity: delta-gamma = beta = 0 for every z
@@ -27,7 +29,10 @@ class FiLM(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (z.shape[0], self.n_layers, self.hidden_size)
-        return 1 + self.gamma(z).view(shape), self.beta(z).view(shape)
+        dg, b = self.gamma(z).view(shape), self.beta(z).view(shape)
+        if self.bound is not None:
+            dg, b = self.bound * torch.tanh(dg), self.bound * torch.tanh(b)
+        return 1 + dg, b
 
 
 class FiLMHooks:

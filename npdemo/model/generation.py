@@ -68,8 +68,13 @@ def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str |
     return encode(tok, chat_text(tok, [{"role": "user", "content": prompt}])), note
 
 
-def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling) -> None:
-    """Refuse bad sampling settings, an empty prompt, a missing z, or a z of the wrong size with a clear ValueError."""
+MAX_STRENGTH = 2.0  # steering strength a scales FiLM's move: gamma = 1 + a (gamma - 1); 1 is as trained
+
+
+def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
+               strengths: list[float] | None = None) -> None:
+    """Refuse bad sampling settings, an empty prompt, a missing z, a z of the wrong size, or a steering strength
+    outside [0, MAX_STRENGTH] with a clear ValueError."""
     sampling.check()
     for prompt in prompts:
         check_prompt(prompt)
@@ -77,6 +82,12 @@ def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Ten
         raise ValueError(f"need one z per prompt, got {len(prompts)} prompts and {len(zs)} latents")
     for z in zs:
         policy.check_latent(z)
+    if strengths is not None:
+        if len(strengths) != len(zs):
+            raise ValueError(f"need one steering strength per row, got {len(strengths)} for {len(zs)} rows")
+        for a in strengths:
+            if not (isinstance(a, (int, float)) and 0 <= a <= MAX_STRENGTH):
+                raise ValueError(f"steering strength must be a number from 0 to {MAX_STRENGTH}, got {a!r}")
 
 
 class RowTokens(BaseStreamer):
@@ -112,12 +123,13 @@ class RowTokens(BaseStreamer):
 
 @torch.no_grad()
 def generate_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
-                  collector: RowTokens, **generate_kwargs) -> None:
-    """One batched generate call, row i steered by zs[i] (None: base), its tokens collected by `collector`."""
-    check_rows(policy, prompts, zs, sampling)
+                  collector: RowTokens, strengths: list[float] | None = None, **generate_kwargs) -> None:
+    """One batched generate call, row i steered by zs[i] (None: base) at strengths[i] (default 1), its tokens
+    collected by `collector`."""
+    check_rows(policy, prompts, zs, sampling, strengths)
     ids, mask = left_pad([prompt_ids(policy, p)[0] for p in prompts], policy.tokenizer.pad_token_id)
     dev = policy.lm.device
-    with policy.conditioned(zs):
+    with policy.conditioned(zs, strengths):
         policy.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), streamer=collector,
                               adapter_names=policy.adapter_names(zs), pad_token_id=policy.tokenizer.pad_token_id,
                               **sampling.generate_kwargs(), **generate_kwargs)
@@ -135,11 +147,12 @@ class Answers:
     ended: list[bool]
 
 
-def answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling) -> Answers:
-    """Batched answers, row i conditioned on z[i]; z = None: the unsteered base model for every row."""
+def answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling,
+           strength: float = 1.0) -> Answers:
+    """Batched answers, row i conditioned on z[i] at one steering strength; z = None: the unsteered base model."""
     zs = [None] * len(prompts) if z is None else list(z)
     collector = row_tokens(policy, len(prompts))
-    generate_rows(policy, prompts, zs, sampling, collector)
+    generate_rows(policy, prompts, zs, sampling, collector, [strength] * len(prompts))
     return Answers(collector.texts(), list(collector.finished))
 
 

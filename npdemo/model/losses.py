@@ -4,6 +4,7 @@
     dpl_logits     the DPL mean-variance choice logit (Siththaranjan et al.)
     np_objective   the neural-process objective for a Gaussian latent (negative ELBO)
     sequence_logprob / dpo_loss   for NP-DPO: summed response-token log-probs and the DPO loss
+    rpo_loss       DPO plus the chosen response's per-token NLL (RPO): keeps the policy writing fluent text
 """
 from __future__ import annotations
 
@@ -56,3 +57,11 @@ def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r:
     chosen = beta * (pi_c - ref_c)
     rejected = beta * (pi_r - ref_r)
     return -F.logsigmoid(chosen - rejected), chosen.detach(), rejected.detach()
+
+
+def rpo_loss(dpo_losses: torch.Tensor, pi_c: torch.Tensor, n_tokens: torch.Tensor, alpha: float) -> torch.Tensor:
+    """RPO (Pang et al. 2024): DPO loss + alpha * per-token NLL of the chosen response, -pi_c / n_tokens, per example.
+
+    The likelihood term keeps the chosen (fluent, in-style) text likely, so DPO cannot win by pushing both
+    responses down and the policy's mass onto text no user wrote."""
+    return dpo_losses + alpha * (-pi_c / n_tokens.to(pi_c))

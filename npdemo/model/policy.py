@@ -31,6 +31,7 @@ class LoRAConfig:
 @dataclass
 class PolicyConfig(LoRAConfig):
     latent: int = 64                   # size of z (from the NP context encoder)
+    film_bound: float | None = 0.1     # FiLM's |gamma - 1| and |beta| stay under this (None: unbounded, recipe v1)
 
 
 class ConditionalPolicy:
@@ -44,7 +45,7 @@ class ConditionalPolicy:
                           target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM")
         self.model = get_peft_model(lm.model, lora)
         config = lm.model.config
-        self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers).to(lm.device)
+        self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers, cfg.film_bound).to(lm.device)
         self.hooks = FiLMHooks(self.model)
         self.model.eval()
 
@@ -53,16 +54,21 @@ class ConditionalPolicy:
         if z is not None and z.numel() != self.cfg.latent:
             raise ValueError(f"z must have shape ({self.cfg.latent},) or (1, {self.cfg.latent}), got {tuple(z.shape)}")
 
-    def modulation(self, zs: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def modulation(self, zs: Sequence[torch.Tensor | None], strengths: Sequence[float] | None = None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-row FiLM (gamma, beta) (B, n_layers, D) for rows zs (a (B, Z) tensor or a list with None rows).
 
-        (None, None) when no row is steered: the hooks stay idle. A None row gets gamma = 1, beta = 0."""
+        (None, None) when no row is steered: the hooks stay idle. A None row gets gamma = 1, beta = 0. Row i's
+        steering strength a (default 1) scales its modulation: gamma = 1 + a (gamma - 1), beta = a beta."""
         steered = [i for i, z in enumerate(zs) if z is not None]
         if not steered:
             return None, None
         for i in steered:
             self.check_latent(zs[i])
         gamma, beta = self.film(torch.cat([zs[i].reshape(1, -1) for i in steered]).to(self.lm.device))
+        if strengths is not None:
+            a = torch.tensor([float(strengths[i]) for i in steered], device=gamma.device, dtype=gamma.dtype)[:, None, None]
+            gamma, beta = 1 + a * (gamma - 1), a * beta
         if len(steered) == len(zs):
             return gamma, beta
         full_gamma = torch.ones(len(zs), *gamma.shape[1:], device=gamma.device, dtype=gamma.dtype)
@@ -76,11 +82,12 @@ class ConditionalPolicy:
         return [BASE_ADAPTER if z is None else "default" for z in zs]
 
     @contextmanager
-    def conditioned(self, zs: Sequence[torch.Tensor | None] | None):
-        """Apply FiLM row by row inside the block (zs (B, Z), a list with None rows, or None: unsteered)."""
+    def conditioned(self, zs: Sequence[torch.Tensor | None] | None, strengths: Sequence[float] | None = None):
+        """Apply FiLM row by row inside the block (zs (B, Z), a list with None rows, or None: unsteered), each row
+        at its steering strength (default 1)."""
         if isinstance(zs, torch.Tensor) and (zs.dim() != 2 or zs.shape[1] != self.cfg.latent):
             raise ValueError(f"z must have shape (B, {self.cfg.latent}), got {tuple(zs.shape)}")
-        with self.hooks.applied(*self.modulation([] if zs is None else zs)):
+        with self.hooks.applied(*self.modulation([] if zs is None else zs, strengths)):
             yield
 
     @contextmanager

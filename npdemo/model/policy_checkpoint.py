@@ -1,16 +1,21 @@
 """Policy checkpoints: LoRA + FiLM + the context encoder, with a manifest naming the base model and a hash of its
 weights, and the NP-BTL reward checkpoint whose encoder it was trained with; loading is strict and refuses a
-checkpoint trained on other base weights, or paired with another reward model."""
+checkpoint trained on other base weights, paired with another reward model, from an older recipe, or whose FiLM
+outputs are not finite."""
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from ..config import CHECKPOINTS
 from ..data.base_model import LoadedModel, fingerprint
 from . import checkpoints
 from .context_encoder import ContextEncoder, EncoderConfig
 from .policy import ConditionalPolicy, PolicyConfig
+
+RECIPE = 2  # 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + bounded FiLM
 
 
 def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
@@ -26,7 +31,7 @@ def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: P
     modules = {"lora": get_peft_model_state_dict(policy.model)}
     if conditioned:
         modules |= {"film": policy.film, "encoder": encoder}
-    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned,
+    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned, recipe=RECIPE,
                             config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
                             **extra)
 
@@ -57,19 +62,44 @@ def paired_reward_dir(directory: Path, reward_dir: Path | None = None) -> Path:
     return path
 
 
-def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, ContextEncoder | None]:
-    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights is refused.
+def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> None:
+    """Refuse a checkpoint of an older recipe (recipe 1 streams junk to corner users) unless `old_recipe` is asked
+    for explicitly (evaluation's before/after rows)."""
+    recipe = manifest.get("recipe", 1)
+    if recipe != RECIPE and not old_recipe:
+        raise checkpoints.CheckpointError(
+            f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + bounded FiLM); recipe "
+            "1 writes junk for corner users. Retrain with `python -m npdemo.train policy` (evaluate loads it with "
+            "--old-recipe)")
+
+
+def check_film(policy: ConditionalPolicy, directory: Path) -> None:
+    """FiLM must give finite (gamma, beta) for the no-label latent's scale and beyond: NaN or inf would stream junk."""
+    z = torch.randn(8, policy.cfg.latent, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.0, 1, 3, 10]
+                                                                                                    ).repeat(2)[:, None]
+    with torch.no_grad():
+        gamma, beta = policy.film(z.to(policy.lm.device))
+    if not (torch.isfinite(gamma).all() and torch.isfinite(beta).all()):
+        raise checkpoints.CheckpointError(f"{directory}/film.safetensors gives NaN or inf FiLM outputs: the "
+                                          "checkpoint is damaged; retrain with `python -m npdemo.train policy`")
+
+
+def load_policy(directory: Path, lm: LoadedModel, old_recipe: bool = False
+                ) -> tuple[ConditionalPolicy, ContextEncoder | None]:
+    """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights, of an older recipe
+    (unless `old_recipe`) or with non-finite FiLM outputs is refused.
 
     Returns the policy and its context encoder (None for an unconditioned policy, whose FiLM stays identity)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     manifest = checkpoints.read_manifest(directory, "policy")
+    check_recipe(manifest, directory, old_recipe)
     base, fp = manifest["base_model"], fingerprint(lm.model)
     if fp != base["fingerprint"]:
         raise checkpoints.CheckpointError(
             f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
             f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
-    policy = ConditionalPolicy(lm, PolicyConfig(**manifest["config"]["policy"]))
+    policy = ConditionalPolicy(lm, PolicyConfig(**{"film_bound": None, **manifest["config"]["policy"]}))
     lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
     set_peft_model_state_dict(policy.model, lora)
     if not manifest.get("conditioned", True):
@@ -77,4 +107,5 @@ def load_policy(directory: Path, lm: LoadedModel) -> tuple[ConditionalPolicy, Co
     encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
     checkpoints.load_into(directory, "film", policy.film)
     checkpoints.load_into(directory, "encoder", encoder)
+    check_film(policy, directory)
     return policy, encoder.eval()

@@ -35,14 +35,15 @@ class Quality:
 
 @torch.no_grad()
 def fluency(model, tokenizer, prompts: list[str], responses: list[str], batch: int = 16,
-            progress: bool = False) -> np.ndarray:
+            progress: bool = False, max_tokens: int = MAX_TOKENS) -> np.ndarray:
     """Mean response-token NLL of each row under `model` (run inside `policy.reference()` for a policy): (N,).
 
-    Rows are batched shortest first (less padding); a response under MIN_TOKENS tokens gets NaN."""
+    Rows are batched shortest first (less padding); only the first `max_tokens` response tokens count (a small
+    value compares texts at equal length); a response under MIN_TOKENS tokens gets NaN."""
     rows = []
     for p, r in zip(prompts, responses):
         ids, start = chat_ids(tokenizer, p, r)
-        rows.append((ids[:start + MAX_TOKENS], start))
+        rows.append((ids[:start + max_tokens], start))
     out = np.full(len(rows), np.nan)
     todo = sorted((i for i, (ids, start) in enumerate(rows) if len(ids) - start >= MIN_TOKENS),
                   key=lambda i: len(rows[i][0]))

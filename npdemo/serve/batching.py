@@ -25,6 +25,7 @@ class _Request:
     zs: list[torch.Tensor | None]
     sampling: Sampling
     length: int                                             # tokens of its longest prompt (rows are left-padded)
+    strengths: list[float]                                  # each row's steering strength
     out: queue.Queue = field(default_factory=queue.Queue)   # lists of this request's texts, an error, or None
     left: threading.Event = field(default_factory=threading.Event)  # the consumer stopped reading
 
@@ -39,11 +40,13 @@ class Batcher:
         self.batch_sizes: list[int] = []  # requests per batch served, for the load benchmark
         threading.Thread(target=self._serve, daemon=True, name="npdemo-batcher").start()
 
-    def stream(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling
-               ) -> Iterator[list[str]]:
+    def stream(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
+               strengths: list[float] | None = None) -> Iterator[list[str]]:
         """Like Streamer.stream_rows, but merged with other callers' requests."""
-        self.streamer.check_rows(prompts, zs, sampling)  # bad input fails here, in the caller's thread
-        request = _Request(prompts, zs, sampling, max(len(prompt_ids(self.streamer.policy, p)[0]) for p in prompts))
+        strengths = [1.0] * len(zs) if strengths is None else strengths
+        self.streamer.check_rows(prompts, zs, sampling, strengths)  # bad input fails here, in the caller's thread
+        request = _Request(prompts, zs, sampling, max(len(prompt_ids(self.streamer.policy, p)[0]) for p in prompts),
+                           strengths)
         with self.cond:
             self.pending.append(request)
             self.cond.notify()
@@ -82,7 +85,7 @@ class Batcher:
                 spans.append((start, start + len(r.prompts)))
                 start += len(r.prompts)
             rows = self.streamer.stream_rows([p for r in batch for p in r.prompts], [z for r in batch for z in r.zs],
-                                           batch[0].sampling)
+                                           batch[0].sampling, strengths=[a for r in batch for a in r.strengths])
             try:
                 for texts in rows:
                     for r, (a, b) in zip(batch, spans):

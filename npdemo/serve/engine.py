@@ -20,7 +20,7 @@ from ..config import POLICY_DIR
 from ..data import attributes, base_model
 from ..data.attributes import ATTRIBUTES
 from ..data.bank import Bank, load_bank
-from ..data.users import bank_shared
+from ..data.users import bank_shared, strongest_labels
 from ..model import checkpoints, quality
 from ..model.acquisition import next_pair
 from ..model.generation import Sampling, prompt_ids
@@ -34,7 +34,7 @@ from .session import ORDERS, Session
 from .streaming import Streamer
 
 CLOUD_SAMPLES = 48      # z samples drawn for the uncertainty cloud
-POINT_PAIRS = 10        # pairs the idealised user behind a preset point labels (the encoder's training range)
+DEFAULT_STRENGTH = 1.0  # steering strength the app starts at (measured: README, Steering strength)
 
 
 @dataclass
@@ -153,12 +153,7 @@ class Engine:
         w = to_simplex(np.clip(np.asarray(w, dtype=float), 0, None))
         key = tuple(np.round(w, 3))
         if key not in self._point_latents:
-            pairs = self.bank.pairs.numpy()[self.pool]
-            gap = ((self.bank.attributes[pairs[:, 0]] - self.bank.attributes[pairs[:, 1]]) @ w
-                   + self.shared[pairs[:, 0]] - self.shared[pairs[:, 1]])
-            strongest = np.argsort(-np.abs(gap), kind="stable")[:POINT_PAIRS]
-            labels = [(int(self.pool[i]), int(gap[i] > 0)) for i in strongest]
-            self._point_latents[key] = self.latent_of(labels)
+            self._point_latents[key] = self.latent_of(strongest_labels(self.bank, w, self.pool))
         return self._point_latents[key]
 
     @torch.no_grad()
@@ -193,16 +188,16 @@ class Engine:
         """The in-context baseline's prompt: the session's labelled pairs (the most recent that fit) + prompt."""
         return fitted_in_context_prompt(self.policy, self.bank, session.labels, prompt)
 
-    def stream(self, session: Session, prompt: str, sampling: Sampling, in_context: bool = False
-               ) -> Iterator[dict[str, str]]:
+    def stream(self, session: Session, prompt: str, sampling: Sampling, in_context: bool = False,
+               strength: float = DEFAULT_STRENGTH) -> Iterator[dict[str, str]]:
         """Stream {"steered", "base"[, "in_context"]} side by side from one batched call (shared with other
-        sessions asking at the same time)."""
+        sessions asking at the same time); `strength` scales the steered row's FiLM move (1: as trained)."""
         prompts, zs, names = [prompt, prompt], [self.latent(session), None], ["steered", "base"]
         if in_context:
             prompts.append(self.in_context_prompt(session, prompt))
             zs.append(None)
             names.append("in_context")
-        for texts in self.batcher.stream(prompts, zs, sampling):
+        for texts in self.batcher.stream(prompts, zs, sampling, [strength] + [1.0] * (len(zs) - 1)):
             yield dict(zip(names, texts))
 
     @torch.no_grad()

@@ -31,18 +31,20 @@ class Streamer:
         self.policy = policy
         self.lock = threading.Lock()  # held for a whole generation (and by anything else that runs the model)
 
-    def check_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling) -> None:
-        check_rows(self.policy, prompts, zs, sampling)
+    def check_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
+                   strengths: list[float] | None = None) -> None:
+        check_rows(self.policy, prompts, zs, sampling, strengths)
 
     def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
-                    stall_s: float | None = 120.0) -> Iterator[list[str]]:
-        """One batched generate call, row i steered by zs[i] (None: base); yields every row's text so far.
+                    stall_s: float | None = 120.0, strengths: list[float] | None = None) -> Iterator[list[str]]:
+        """One batched generate call, row i steered by zs[i] (None: base) at strengths[i] (default 1); yields
+        every row's text so far.
 
         An error inside generation is raised here, a consumer that stops early cancels the generation, and a
         stream with no new text for stall_s seconds is an error (the worker always ends the stream, so
         stall_s = None cannot hang either).
         """
-        self.check_rows(prompts, zs, sampling)
+        self.check_rows(prompts, zs, sampling, strengths)
         texts: queue.Queue = queue.Queue()
         cancelled, errors = threading.Event(), []
 
@@ -50,7 +52,7 @@ class Streamer:
             try:
                 with self.lock:
                     generate_rows(self.policy, prompts, zs, sampling, row_tokens(self.policy, len(prompts), texts.put),
-                                  stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]))
+                                  strengths, stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]))
             except Exception as e:  # noqa: BLE001 - handed to the consumer below
                 errors.append(e)
             finally:

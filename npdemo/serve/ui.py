@@ -9,8 +9,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..model.generation import Sampling
-from .engine import Engine
+from ..model.generation import MAX_STRENGTH, Sampling
+from .engine import DEFAULT_STRENGTH, Engine
 from .session import ORDERS, ProfileError, Session
 from .views import pair_markdown, progress_text, scores_markdown, simplex_figure
 
@@ -73,12 +73,13 @@ def build_demo(engine: Engine) -> gr.Blocks:
         return teach_view(session, show_bayes)
 
     def generate(prompt: str, in_context: bool, max_new_tokens: float, temperature: float, top_k: float,
-                 repetition_penalty: float, greedy: bool, session: Session):
+                 repetition_penalty: float, greedy: bool, strength: float, session: Session):
         """Stream steered | base | in-context side by side, then score each output."""
         sampling = Sampling(int(max_new_tokens), float(temperature), int(top_k), float(repetition_penalty),
                             bool(greedy))
         try:
             sampling.check()
+            strength = float(strength)
             note = engine.prompt_note(prompt if isinstance(prompt, str) else "")
         except ValueError as e:
             raise gr.Error(str(e)) from e
@@ -88,8 +89,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
             gr.Warning("No labels yet: the steered model uses the average user. Label a few pairs or set a point.")
         texts = {"steered": "", "base": "", "in_context": ""}
         try:
-            for texts in engine.stream(session, prompt, sampling, in_context=bool(in_context)):
+            for texts in engine.stream(session, prompt, sampling, in_context=bool(in_context), strength=strength):
                 yield texts["steered"], texts["base"], texts.get("in_context", ""), "", "", ""
+        except ValueError as e:  # a steering strength out of range, from an API client
+            raise gr.Error(str(e)) from e
         except RuntimeError as e:
             raise gr.Error(f"{e}. Your labels are kept; try again.") from e
         scores = engine.score(session, prompt, texts)
@@ -155,6 +158,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="btn-generate")
                 stop_btn = gr.Button("Stop")
         gr.Examples(EXAMPLES, inputs=[prompt])
+        strength = gr.Slider(0, MAX_STRENGTH, value=DEFAULT_STRENGTH, step=0.05, label="steering strength",
+                             info="how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained",
+                             elem_id="strength")
         with gr.Accordion("Sampling settings", open=False):
             in_ctx = gr.Checkbox(label="Also run the in-context baseline (your labelled pairs in the prompt; slower)")
             max_new = gr.Slider(1, 512, value=160, step=1, label="max new tokens")
@@ -193,10 +199,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
         preset_dd.change(preset, preset_dd, [w_c, w_s, w_w], api_name=False)
         point_btn.click(set_point, [w_c, w_s, w_w, session, show_bayes], teach_out, api_name="set_point", **cheap)
         reset_btn.click(reset, show_bayes, teach_out, api_name="reset", **cheap)
-        gen = gen_btn.click(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, session],
+        gen = gen_btn.click(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, strength, session],
                             [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name="generate",
                             **heavy)
-        prompt.submit(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, session],
+        prompt.submit(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, strength, session],
                       [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name=False, **heavy)
         stop_btn.click(None, cancels=[gen], api_name=False)
         export_btn.click(export, session, export_file, api_name="export", **cheap)

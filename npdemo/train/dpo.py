@@ -1,7 +1,8 @@
 """NP-DPO training: simulated users' labelled pairs -> z (NP context encoder) -> DPO on the FiLM + LoRA policy.
 
 Per step: a few simulated users, each with a context of 0..k_max pairs (giving z) and target pairs disjoint
-from the context; loss = DPO(pi(chosen | z), pi(rejected | z), ref(chosen), ref(rejected)). The reference
+from the context; loss = DPO(pi(chosen | z), pi(rejected | z), ref(chosen), ref(rejected)) + alpha * the
+chosen response's per-token NLL (RPO: the likelihood anchor that keeps the text fluent). The reference
 is the base model (LoRA and FiLM off), and a response's reference log-prob does not depend on the user, so it
 is computed once per bank response and cached. Log-probs are summed over response tokens only.
 """
@@ -11,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from ..data.episodes import Episodes, orient
 from ..data.users import bank_shared, sample_users
 from ..model.context_encoder import ContextEncoder
 from ..model.logprobs import encode_rows, logprobs, reference_logprobs
-from ..model.losses import dpo_loss
+from ..model.losses import dpo_loss, rpo_loss
 from ..model.policy import ConditionalPolicy
 from . import distributed
 
@@ -35,12 +37,14 @@ class DPOConfig:
     target_candidates: int = 6  # candidate target pairs per user; it trains on its clearest (largest |r_w gap|)
     k_max: int = 6              # context sizes 0..k_max, as in the paper's DPO runs
     beta: float = 0.1           # DPO beta
+    rpo_alpha: float = 1.0      # weight of the chosen response's per-token NLL (0: plain DPO, recipe v1)
     lr: float = 5e-4            # LoRA + FiLM learning rate (constant)
     max_grad_norm: float = 1.0  # gradient clipping, as in trl's DPO trainer
     max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
     conditioned: bool = True    # False: the DPO-mixed baseline, same data and steps but no latent (FiLM off)
     train_encoder: bool = False  # fine-tune the NP context encoder with the policy (frozen by default)
     seed: int = 0
+    snapshot_every: int = 0     # also save the policy every this many steps (an ablation's shorter runs; 0: never)
 
 
 @dataclass
@@ -99,12 +103,15 @@ def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
 
 
 def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: DPOConfig, ref_key: str,
-              log_every: int = 20, save_every: int = 25, ranks: distributed.Ranks = distributed.Ranks()) -> list[dict]:
+              log_every: int = 20, save_every: int = 25, ranks: distributed.Ranks = distributed.Ranks(),
+              snapshot: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
     """Train LoRA + FiLM (LoRA only when not conditioned; the encoder too with cfg.train_encoder); returns the log.
 
     Every `save_every` steps the trainable weights, optimiser and random state go to the cache, and a run
     started again with the same config and reference resumes there. Under a launcher each rank trains on its
-    slice of every step's users and gradients are summed across ranks (npdemo.distributed).
+    slice of every step's users and gradients are summed across ranks (npdemo.distributed). With
+    cfg.snapshot_every, `snapshot(step, log)` saves the policy as it is at those steps: the constant learning rate
+    makes a snapshot at step n the same policy a run of n steps would give.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -152,19 +159,27 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
                       torch.cat([z, z]).to(policy.lm.device) if cfg.conditioned else None)
         pi_c, pi_r = lp.chunk(2)
         losses, rc, rr = dpo_loss(pi_c, pi_r, ref[c].to(lp), ref[r].to(lp), cfg.beta)
+        nll = -pi_c.detach() / (n_tok := torch.tensor([len(rows[i][0]) - rows[i][1] for i in c]))
+        losses = rpo_loss(losses, pi_c, n_tok, cfg.rpo_alpha)
         opt.zero_grad(set_to_none=True)
         (losses.sum() / len(keep)).backward()  # the mean over the whole step's pairs, summed across ranks
         distributed.sum_gradients(params, ranks)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
-        stats = distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item()]), ranks)
+        stats = distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item(),
+                                                  nll.sum().item()]), ranks)
         window.append((stats / len(keep)).tolist())
         if step % log_every == 0 or step == cfg.steps:
-            loss, acc = np.mean(window, axis=0)
-            log.append({"step": step, "loss": float(loss), "implicit_reward_acc": float(acc)})
+            loss, acc, chosen_nll = np.mean(window, axis=0)
+            log.append({"step": step, "loss": float(loss), "implicit_reward_acc": float(acc),
+                        "chosen_nll": float(chosen_nll)})
             if ranks.main:
-                bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f}")
+                bar.write(f"dpo step {step:5d} | loss {loss:.4f} | implicit-reward acc {acc:.3f} | "
+                          f"chosen NLL {chosen_nll:.3f}")
             window = []
+        if ranks.main and snapshot is not None and cfg.snapshot_every and step % cfg.snapshot_every == 0 \
+                and step < cfg.steps:
+            snapshot(step, log)
         if ranks.main and step % save_every == 0 and step < cfg.steps:
             torch.save({"step": step, "log": log, "torch_rng": torch.get_rng_state(), "lora": [p.detach().clone() for p in lora],
                         **{name: m.state_dict() for name, m in modules.items()}}, state_path)

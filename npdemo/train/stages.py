@@ -147,9 +147,12 @@ class PolicyTrainConfig(LoRAConfig, DPOConfig):
     """The DPO recipe plus the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
     quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)
+    film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
+    out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
 
     def policy_config(self, latent: int) -> PolicyConfig:
-        return PolicyConfig(latent=latent, **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
+        return PolicyConfig(latent=latent, film_bound=self.film_bound or None,
+                            **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
 
 
 def train_policy(cfg: PolicyTrainConfig) -> list[str]:
@@ -167,14 +170,18 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     bank.check_model(lm)
     pol = ConditionalPolicy(lm, cfg.policy_config(np_btl.cfg.encoder.latent))
     start = time.time()
+    out = Path(cfg.out) if cfg.out else POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR
+
+    def save(directory: Path, log: list[dict]) -> Path:
+        return save_policy(pol, np_btl.encoder, directory, conditioned=cfg.conditioned, train=asdict(cfg), log=log,
+                           bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
+                           train_seconds=round(time.time() - start, 1))
+
     log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=reference_key(lm, bank, cfg.max_tokens),
-                        ranks=ranks)
+                        ranks=ranks, snapshot=lambda step, log: save(out.with_name(f"{out.name}-step{step}"), log))
     if not ranks.main:
         return []
-    path = save_policy(pol, np_btl.encoder, POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR,
-                       conditioned=cfg.conditioned, train=asdict(cfg), log=log, bank=bank.meta,
-                       reward=reward_pairing(REWARD_DIR / "np_btl"),
-                       train_seconds=round(time.time() - start, 1))
+    path = save(out, log)
     return [str(path.parent)]
 
 

@@ -42,7 +42,7 @@ def test_labelling_moves_the_estimate_towards_the_user_and_generation_streams(cl
     stale = client.predict(shown - 1 if shown > 0 else shown + 1, "informative", False, api_name="/label_a")
     assert "10 / 10" in stale[4]
 
-    job = client.submit("How do I make a cup of tea?", False, 40, 0.7, 50, 1.15, True, api_name="/generate")
+    job = client.submit("How do I make a cup of tea?", False, 40, 0.7, 50, 1.15, True, 1.0, api_name="/generate")
     updates = list(job)
     steered, base, in_ctx, steered_md, base_md, _ = job.outputs()[-1]
     assert len(updates) > 3 and steered and base and in_ctx == ""  # streamed, both columns, no in-context
@@ -51,7 +51,7 @@ def test_labelling_moves_the_estimate_towards_the_user_and_generation_streams(cl
 
     for bad in ["", "   "]:
         with pytest.raises(Exception, match="prompt is empty"):
-            client.predict(bad, False, 40, 0.7, 50, 1.15, True, api_name="/generate")
+            client.predict(bad, False, 40, 0.7, 50, 1.15, True, 1.0, api_name="/generate")
     with pytest.raises(Exception, match="greater than maximum"):  # the slider bound, before the engine
         client.predict("hi", False, 40, 9.0, 50, 1.15, False, api_name="/generate")
     assert "9 / 10" in client.predict(False, api_name="/undo")[4]  # the 10 labels survived the errors

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_engine
 
-SETTINGS = (8, 0.7, 50, 1.15, True)  # max_new_tokens, temperature, top_k, repetition_penalty, greedy
+SETTINGS = (8, 0.7, 50, 1.15, True, 1.0)  # max_new_tokens, temperature, top_k, repetition_penalty, greedy, strength
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,10 @@ BOUNDS = "less than minimum|greater than maximum"  # the sliders' own check, bef
 
 
 @pytest.mark.parametrize("settings, error", [
-    ((0, 0.7, 50, 1.15, False), BOUNDS), ((8, 0.0, 50, 1.15, False), BOUNDS), ((8, 0.7, 0, 1.15, False), BOUNDS),
-    ((8, 0.7, 50, 5.0, False), BOUNDS), ((2000, 0.7, 50, 1.15, False), BOUNDS),
-    (("lots", 0.7, 50, 1.15, False), "Expected a `float`")])
+    ((0, 0.7, 50, 1.15, False, 1.0), BOUNDS), ((8, 0.0, 50, 1.15, False, 1.0), BOUNDS),
+    ((8, 0.7, 0, 1.15, False, 1.0), BOUNDS), ((8, 0.7, 50, 5.0, False, 1.0), BOUNDS),
+    ((2000, 0.7, 50, 1.15, False, 1.0), BOUNDS), ((8, 0.7, 50, 1.15, False, -0.5), BOUNDS),
+    ((8, 0.7, 50, 1.15, False, 3.0), BOUNDS), (("lots", 0.7, 50, 1.15, False, 1.0), "Expected a `float`")])
 def test_out_of_range_sampling_settings(labelled, settings, error):
     with pytest.raises(Exception, match=error):
         labelled.predict("Hello", False, *settings, api_name="/generate")
@@ -135,7 +136,7 @@ def test_double_clicks_and_a_client_leaving_mid_stream(served, labelled):
     labelled.predict(shown, "informative", False, api_name="/label_a")
     again = labelled.predict(shown, "informative", False, api_name="/label_b")  # the same pair twice
     assert "3 / 10" in again[4]
-    job = labelled.submit("Tell me a long story.", False, 200, 0.7, 50, 1.15, True, api_name="/generate")
+    job = labelled.submit("Tell me a long story.", False, 200, 0.7, 50, 1.15, True, 1.0, api_name="/generate")
     for update in job:
         if update[0]:
             break

@@ -65,7 +65,8 @@ def test_one_training_run_moves_only_lora_and_film(tmp_path, monkeypatch):
     log = dpo.train_dpo(policy, encoder, text_bank(), dpo.DPOConfig(steps=3, users=2, k_max=2, lr=1e-2),
                         ref_key="test", log_every=1)
     assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
-    assert abs(log[0]["loss"] - np.log(2)) < 1e-4  # at init the policy is its reference: loss = log 2
+    # at init the policy is its reference: DPO loss = log 2, plus the RPO term alpha * (chosen per-token NLL)
+    assert abs(log[0]["loss"] - np.log(2) - log[0]["chosen_nll"]) < 1e-4
     changed = {n for n, p in policy.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
     assert any(not torch.equal(a, b) for a, b in zip(film_before, policy.film.parameters()))

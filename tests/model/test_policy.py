@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import GREEDY, make_tiny_lm, perturb
-from npdemo.model.generation import Sampling, generate, prompt_ids
+from npdemo.model.generation import Sampling, answer, generate, prompt_ids
 from npdemo.model.policy import ConditionalPolicy, PolicyConfig
 
 
@@ -82,6 +82,36 @@ def test_errors_inside_generation_surface_quickly(policy, streamer):
     assert list(streamer.stream("Hello there", None, GREEDY))  # still serves
 
 
+def test_steering_strength_scales_the_film_move(policy):
+    perturb(policy)
+    z = torch.randn(3, 8) * 3
+    gamma, beta = policy.modulation(list(z))
+    g, b = policy.modulation(list(z), [0.0, 0.5, 1.0])
+    torch.testing.assert_close(g[0], torch.ones_like(g[0]))  # strength 0: FiLM off, the shared LoRA only
+    torch.testing.assert_close(b[0], torch.zeros_like(b[0]))
+    torch.testing.assert_close(g[1] - 1, (gamma[1] - 1) / 2)
+    torch.testing.assert_close(b[1], beta[1] / 2)
+    torch.testing.assert_close((g[2], b[2]), (gamma[2], beta[2]))  # strength 1: as trained
+    prompts = ["How do I boil an egg?"]
+    weak, full = (answer(policy, prompts, z[:1], GREEDY, strength=a).texts for a in (0.0, 1.0))
+    assert weak != full and full == generate(policy, prompts, z[:1], GREEDY)
+    for bad in (-0.1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="steering strength"):
+            answer(policy, prompts, z[:1], GREEDY, strength=bad)
+
+
+def test_bounded_film_stays_inside_its_bound():
+    from npdemo.model.film import FiLM
+    film = FiLM(8, 16, 3, bound=0.1)
+    torch.testing.assert_close(film(torch.randn(2, 8))[0], torch.ones(2, 3, 16))  # identity at init
+    with torch.no_grad():
+        for p in film.parameters():
+            p.normal_(0, 5.0)
+    gamma, beta = film(torch.randn(4, 8) * 10)
+    assert (gamma - 1).abs().max() <= 0.1 + 1e-6 and beta.abs().max() <= 0.1 + 1e-6
+    assert (gamma - 1).abs().max() > 0.09  # saturated, not zero
+
+
 def test_bad_input_is_a_clear_error(policy, streamer):
     with pytest.raises(ValueError, match="temperature"):
         Sampling(temperature=0).check()
@@ -124,6 +154,30 @@ def test_checkpoint_round_trip_and_refuses_another_base_model(tmp_path):
     with torch.no_grad(), pol.conditioned(None), mixed.conditioned(None):
         torch.testing.assert_close(mixed.model(ids).logits, pol.model(ids).logits)
     assert no_encoder is None and all((p == 0).all() for p in mixed.film.parameters())  # FiLM stays identity
+
+
+def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
+    import json
+
+    from npdemo.model import checkpoints
+    from npdemo.model.context_encoder import ContextEncoder, EncoderConfig
+    from npdemo.model.policy_checkpoint import load_policy, save_policy
+
+    pol = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
+    encoder = ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8))
+    save_policy(pol, encoder, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["recipe"], manifest["config"]["policy"]["film_bound"]  # as recipe 1 wrote it
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(checkpoints.CheckpointError, match="recipe-1 policy"):
+        load_policy(tmp_path / "old", make_tiny_lm())
+    old, _ = load_policy(tmp_path / "old", make_tiny_lm(), old_recipe=True)  # evaluate's before rows
+    assert old.film.bound is None  # recipe 1's unbounded FiLM
+    with torch.no_grad():
+        pol.film.beta.bias[3] = float("nan")
+    save_policy(pol, encoder, tmp_path / "nan")
+    with pytest.raises(checkpoints.CheckpointError, match="NaN or inf"):
+        load_policy(tmp_path / "nan", make_tiny_lm())
 
 
 @pytest.mark.parametrize("quant", ["nf4", "int4"])

@@ -167,6 +167,19 @@ def test_dpo_loss_hand_values():
     assert torch.isfinite(dpo_loss(-big, big, big, -big, 1.0)[0]).all()
 
 
+def test_rpo_loss_hand_values():
+    from npdemo.model.losses import rpo_loss
+
+    dpo = torch.tensor([math.log(2), 0.3133])
+    pi_c = torch.tensor([-20.0, -6.0])  # summed log-probs of 10 and 3 chosen tokens: NLL 2.0 and 2.0 per token
+    torch.testing.assert_close(rpo_loss(dpo, pi_c, torch.tensor([10, 3]), 0.5),
+                               torch.tensor([math.log(2) + 1.0, 0.3133 + 1.0]))
+    torch.testing.assert_close(rpo_loss(dpo, pi_c, torch.tensor([10, 3]), 0.0), dpo)  # alpha 0: plain DPO
+    pi = torch.tensor([-20.0], requires_grad=True)
+    rpo_loss(torch.zeros(1), pi, torch.tensor([10]), 1.0).sum().backward()
+    assert pi.grad.item() == pytest.approx(-0.1)  # d/dpi (-pi / 10): a likelier chosen response lowers the loss
+
+
 def test_sequence_logprob_sums_response_tokens_only():
     from npdemo.model.losses import sequence_logprob
 
