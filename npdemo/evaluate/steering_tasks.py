@@ -291,7 +291,7 @@ def print_steering(steer: dict) -> None:
     corpus = steer["corpus"]
     for d, res in steer["decodings"].items():
         print(f"\nSteering on {steer['prompts']} test prompts ({d}, {steer['new_tokens']} new tokens, steering "
-              f"strength {steer['strength']}). Junk = the verdict of npdemo.model.quality (answers of 50); fluency = "
+              f"strength {steer['strength']}). Junk = answers (of {steer['prompts']}) the verdict of npdemo.model.quality calls junk; fluency = "
               f"mean NLL (nats/token) under the fp32 base over the first {steer['fluency_tokens']} answer tokens, "
               f"lower is better (the corpus's {corpus['responses']} kept responses to these prompts: "
               f"{corpus['fluency_start']:.2f}); EOS = share of answers that end on their own.")

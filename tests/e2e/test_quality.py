@@ -112,3 +112,34 @@ def test_app_scores_warn_about_junk():
     assert "⚠️ **This output is junk** (no words)" in junk_md and "fluency" in junk_md
     assert "junk" not in base_md and "relevance" in base_md and "fluency" in base_md
     assert "not English" in other_md
+
+
+def test_shipped_policy_writes_no_junk_in_the_app():
+    """The app's engine (default model and precision, shipped checkpoints): each preset and a simulated user who
+    clicks 10 pairs answer 3 prompts with the app's default sampling (seeded, 48 new tokens); none is junk."""
+    import numpy as np
+    import torch
+
+    from npdemo.data.users import bank_shared
+    from npdemo.model.generation import Sampling
+    from npdemo.serve.engine import Engine
+    from npdemo.serve.session import Session
+    from npdemo.serve.ui import EXAMPLES, PRESETS
+
+    engine = Engine.load()
+    sessions = {name: Session(seed=0, target=w) for name, w in PRESETS.items()}
+    clicker, w, shared = Session(seed=1), np.array([0.2, 0.2, 0.6]), bank_shared(engine.bank)
+    engine.next_pair(clicker)
+    for _ in range(10):  # a warm-leaning user picks the response its reward prefers
+        a, b = engine.bank.pairs[clicker.current].tolist()
+        gap = (engine.bank.attributes[a] - engine.bank.attributes[b]) @ w + shared[a] - shared[b]
+        engine.label(clicker, "a" if gap > 0 else "b")
+    sessions["10 clicks"] = clicker
+    assert len(clicker.labels) == 10
+    sampling = Sampling(max_new_tokens=48)
+    for name, session in sessions.items():
+        for prompt in EXAMPLES[:3]:
+            torch.manual_seed(0)
+            texts = list(engine.stream(session, prompt, sampling))[-1]
+            scores = engine.score(session, prompt, texts)
+            assert not scores["steered"]["junk"], (name, prompt, texts["steered"], scores["steered"]["junk_reason"])
