@@ -64,17 +64,17 @@ RESPONSES = ["Sure! 😊 Boil it for nine minutes.", "1. Boil water\n2. Add the 
              "Boil it.", "Put the egg in boiling water, wait about nine minutes, then cool it in cold water."]
 
 
-def text_bank(n_prompts: int = 6, splits=("train",)):
-    """A pair bank over real texts (RESPONSES per prompt) with random 8-d features; prompts cycle over splits."""
+def text_bank(n_prompts: int = 6, splits=("train",), responses: list[str] = RESPONSES):
+    """A pair bank over texts (`responses` per prompt) with random 8-d features; prompts cycle over splits."""
     from npdemo.data import attributes
     from npdemo.data.bank import Bank
 
     records, pairs, pair_split = [], [], []
     for p in range(n_prompts):
         split = splits[p % len(splits)]
-        rows = list(range(len(records), len(records) + len(RESPONSES)))
+        rows = list(range(len(records), len(records) + len(responses)))
         records += [{"prompt_id": f"p{p}", "prompt": f"Question {p}: how do I boil an egg?", "response": r,
-                     "split": split} for r in RESPONSES]
+                     "split": split} for r in responses]
         pairs += [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
         pair_split += [split] * (len(rows) * (len(rows) - 1) // 2)
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def live_app():
         yield url
 
 
-def make_tiny_engine():
+def make_tiny_engine(responses: list[str] = RESPONSES):
     """A tiny but complete engine: bank features pooled by the tiny model itself, random NP-BTL and policy."""
     from npdemo.data import embeddings
     from npdemo.model.context_encoder import EncoderConfig
@@ -102,7 +102,7 @@ def make_tiny_engine():
     from npdemo.serve.engine import Engine
 
     lm = make_tiny_lm()
-    bank = text_bank(n_prompts=8)
+    bank = text_bank(n_prompts=8, responses=responses)
     pooled = embeddings.embed(lm, [r["prompt"] for r in bank.records], [r["response"] for r in bank.records],
                               poolings=("mean_response",), progress=False)["mean_response"]
     mean, std = torch.tensor(pooled.mean(0)), torch.tensor(pooled.std(0) + 1e-6)

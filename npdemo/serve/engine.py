@@ -7,6 +7,7 @@ shared, read-only things (models, bank); everything user-specific lives in a `Se
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -197,8 +198,20 @@ class Engine:
             prompts.append(self.in_context_prompt(session, prompt))
             zs.append(None)
             names.append("in_context")
-        for texts in self.batcher.stream(prompts, zs, sampling, [strength] + [1.0] * (len(zs) - 1)):
-            yield dict(zip(names, texts))
+        session.stop = False
+        with closing(self.batcher.stream(prompts, zs, sampling, [strength] + [1.0] * (len(zs) - 1))) as rows:
+            for texts in rows:
+                if session.stop:  # leaving the batcher's stream ends the generation after its current step
+                    return
+                yield dict(zip(names, texts))
+
+    def stop(self, session: Session) -> None:
+        """End the session's running generation (its stream returns at the next decode step)."""
+        session.stop = True
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a generated text under the served tokenizer (for the app's tokens/s)."""
+        return len(self.policy.tokenizer(text, add_special_tokens=False).input_ids)
 
     @torch.no_grad()
     def score(self, session: Session, prompt: str, texts: dict[str, str]) -> dict[str, dict]:

@@ -27,6 +27,7 @@ class Session:
     target: list[float] | None = None                            # a preset/slider point (used without labels)
     order: str = "informative"                                   # how the next pair is chosen
     seed: int = 0
+    stop: bool = False                                           # the visitor asked to stop the running answer
 
     def seen(self) -> set[int]:
         """Pairs that must not be shown again."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -15,13 +15,13 @@ from ..model.policy import ConditionalPolicy
 
 
 class _Cancelled(StoppingCriteria):
-    """Stops generation when the consumer went away (e.g. a client disconnected mid-stream)."""
+    """Stops generation after the current decode step once `stop()` is true (e.g. the consumer went away)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, stop: Callable[[], bool]):
+        self.stop = stop
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
 
 
 class Streamer:
@@ -36,13 +36,14 @@ class Streamer:
         check_rows(self.policy, prompts, zs, sampling, strengths)
 
     def stream_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
-                    stall_s: float | None = 120.0, strengths: list[float] | None = None) -> Iterator[list[str]]:
+                    stall_s: float | None = 120.0, strengths: list[float] | None = None,
+                    stop: Callable[[], bool] = lambda: False) -> Iterator[list[str]]:
         """One batched generate call, row i steered by zs[i] (None: base) at strengths[i] (default 1); yields
         every row's text so far.
 
-        An error inside generation is raised here, a consumer that stops early cancels the generation, and a
-        stream with no new text for stall_s seconds is an error (the worker always ends the stream, so
-        stall_s = None cannot hang either).
+        An error inside generation is raised here, a consumer that stops early or a true `stop()` ends the
+        generation after the decode step under way, and a stream with no new text for stall_s seconds is an
+        error (the worker always ends the stream, so stall_s = None cannot hang either).
         """
         self.check_rows(prompts, zs, sampling, strengths)
         texts: queue.Queue = queue.Queue()
@@ -52,7 +53,7 @@ class Streamer:
             try:
                 with self.lock:
                     generate_rows(self.policy, prompts, zs, sampling, row_tokens(self.policy, len(prompts), texts.put),
-                                  strengths, stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]))
+                                  strengths, stopping_criteria=StoppingCriteriaList([_Cancelled(lambda: cancelled.is_set() or stop())]))
             except Exception as e:  # noqa: BLE001 - handed to the consumer below
                 errors.append(e)
             finally:

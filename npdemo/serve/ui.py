@@ -12,13 +12,32 @@ import gradio as gr
 from ..model.generation import MAX_STRENGTH, Sampling
 from .engine import DEFAULT_STRENGTH, Engine
 from .session import ORDERS, ProfileError, Session
-from .views import pair_markdown, progress_text, scores_markdown, simplex_figure
+from .views import (KEYS_HELP, OUTPUT_HELP, PLOT_HELP, pair_markdown, progress_text, safe_markdown, scores_markdown,
+                    simplex_figure, timing_markdown)
 
 PRESETS = {"concise": [1, 0, 0], "structured": [0, 1, 0], "warm": [0, 0, 1], "balanced": [1, 1, 1],
            "concise + warm": [1, 0, 1]}
 EXAMPLES = ["How can I get better at waking up early?", "Explain what a neural network is.",
             "Plan a relaxed weekend in a new city.", "Any tips for keeping houseplants alive?",
             "Write a short note thanking a colleague for their help."]
+OUTPUTS = ("steered", "base", "in_context")
+# A/B/S/U press the teach buttons while the pair area (or nothing in particular) has focus, never while typing;
+# a click goes through the buttons' own path, so the pair-id guard and trigger_mode="once" apply to keys too
+KEYS_JS = """() => {
+  const keys = {a: "#btn-a", b: "#btn-b", s: "#btn-skip", u: "#btn-undo"};
+  document.addEventListener("keydown", (e) => {
+    const sel = keys[(e.key || "").toLowerCase()];
+    if (!sel || e.repeat || e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target, teach = document.querySelector("#teach");
+    if (t.closest && t.closest("input, textarea, select, [contenteditable='true']")) return;
+    if (!teach || !(t === document.body || teach.contains(t))) return;
+    const button = document.querySelector(sel);
+    if (button && !button.disabled) { e.preventDefault(); button.click(); }
+  });
+}"""
+CSS = """.gradio-container {max-width: 1400px !important}
+.model-text {overflow-wrap: anywhere; word-break: break-word}
+.model-text pre {white-space: pre-wrap}"""
 
 
 def build_demo(engine: Engine) -> gr.Blocks:
@@ -27,7 +46,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
     def teach_view(session: Session, show_bayes: bool):
         pos = engine.position(session)
         pair = engine.pair_text(session.current) if session.current is not None else None
-        return (session, pair_markdown(pair and pair["prompt"]), pair["a"] if pair else "", pair["b"] if pair else "",
+        return (session, pair_markdown(pair and pair["prompt"]), safe_markdown(pair["a"]) if pair else "",
+                safe_markdown(pair["b"]) if pair else "",
                 -1 if session.current is None else session.current, progress_text(len(session.labels),
                                                                                   len(session.skipped)),
                 simplex_figure(pos, session.trail, show_bayes), pos.summary())
@@ -87,17 +107,28 @@ def build_demo(engine: Engine) -> gr.Blocks:
             gr.Warning(note)
         if not session.labels and session.target is None:
             gr.Warning("No labels yet: the steered model uses the average user. Label a few pairs or set a point.")
-        texts = {"steered": "", "base": "", "in_context": ""}
+        start, texts = time.monotonic(), {}
+
+        def view(done: bool = False, scores: dict | None = None) -> tuple[str, ...]:
+            """Each output as safe markdown, and under it its timing (and, at the end, its scores)."""
+            shown = [n for n in OUTPUTS if n in texts]
+            timing = {n: timing_markdown(engine.count_tokens(texts[n]), time.monotonic() - start,
+                                         sampling.max_new_tokens, done, done and session.stop) for n in shown}
+            notes = {n: "\n\n".join(filter(None, [timing[n], scores_markdown((scores or {}).get(n))])) for n in shown}
+            return (*(safe_markdown(texts[n], "") if n in texts else "" for n in OUTPUTS),
+                    *(notes.get(n, "") for n in OUTPUTS))
+
         try:
             for texts in engine.stream(session, prompt, sampling, in_context=bool(in_context), strength=strength):
-                yield texts["steered"], texts["base"], texts.get("in_context", ""), "", "", ""
+                yield view()
         except ValueError as e:  # a steering strength out of range, from an API client
             raise gr.Error(str(e)) from e
         except RuntimeError as e:
             raise gr.Error(f"{e}. Your labels are kept; try again.") from e
-        scores = engine.score(session, prompt, texts)
-        yield (texts["steered"], texts["base"], texts.get("in_context", ""),
-               *(scores_markdown(scores.get(n)) for n in ("steered", "base", "in_context")))
+        yield view(done=True, scores=engine.score(session, prompt, texts))
+
+    def stop(session: Session) -> None:
+        engine.stop(session)
 
     def export(session: Session) -> str:
         path = Path(tempfile.mkdtemp(prefix="npdemo-")) / "npdemo-profile.json"
@@ -123,12 +154,14 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     "your choices into a latent vector; the plot shows where you sit between **concise**, "
                     "**structured** and **warm**, and the same latent steers a small LLM through FiLM layers.")
         with gr.Row():
-            with gr.Column(scale=3):
+            with gr.Column(scale=3, min_width=320, elem_id="teach"):
                 gr.Markdown("## 1 · Teach")
                 pair_md = gr.Markdown(elem_id="pair-prompt")
                 with gr.Row():
-                    a_box = gr.Textbox(label="Response A", lines=8, interactive=False, elem_id="resp-a")
-                    b_box = gr.Textbox(label="Response B", lines=8, interactive=False, elem_id="resp-b")
+                    with gr.Column(min_width=280):
+                        a_box = text_view("Response A", "resp-a")
+                    with gr.Column(min_width=280):
+                        b_box = text_view("Response B", "resp-b")
                 shown = gr.Number(value=-1, visible=False, precision=0)
                 with gr.Row():
                     a_btn = gr.Button("A is better", variant="primary", elem_id="btn-a")
@@ -136,12 +169,14 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     skip_btn = gr.Button("Skip", elem_id="btn-skip")
                     undo_btn = gr.Button("Undo", elem_id="btn-undo")
                 progress = gr.Markdown(elem_id="progress")
+                gr.Markdown(KEYS_HELP, elem_id="keys-help")
                 order = gr.Radio(list(ORDERS), value="informative", label="Next pair",
                                  info="informative: the pair the model is least sure about; random: any pair")
-            with gr.Column(scale=2):
+            with gr.Column(scale=2, min_width=320):
                 gr.Markdown("## 2 · Where you are")
                 plot = gr.Plot(label="Your preference simplex", elem_id="simplex")
                 summary = gr.Markdown(elem_id="summary")
+                gr.Markdown(PLOT_HELP, elem_id="plot-help")
                 show_bayes = gr.Checkbox(label="Overlay the exact Bayes posterior (knows the true attributes)")
                 with gr.Accordion("Steer without labelling: set a point", open=False):
                     preset_dd = gr.Dropdown(list(PRESETS), label="Preset", value=None)
@@ -153,10 +188,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                 "label the 10 pairs it feels most strongly about (weights are normalised).")
         gr.Markdown("## 3 · Generate")
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", placeholder="Ask anything…", scale=4, elem_id="prompt")
-            with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", placeholder="Ask anything…", scale=4, min_width=240, elem_id="prompt")
+            with gr.Column(scale=1, min_width=120):
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="btn-generate")
-                stop_btn = gr.Button("Stop")
+                stop_btn = gr.Button("Stop", elem_id="btn-stop")
         gr.Examples(EXAMPLES, inputs=[prompt])
         strength = gr.Slider(0, MAX_STRENGTH, value=DEFAULT_STRENGTH, step=0.05, label="steering strength",
                              info="how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained",
@@ -168,16 +203,13 @@ def build_demo(engine: Engine) -> gr.Blocks:
             top_k = gr.Slider(1, 200, value=50, step=1, label="top-k")
             rep = gr.Slider(1.0, 2.0, value=1.15, label="repetition penalty")
             greedy = gr.Checkbox(label="greedy (deterministic)")
+        gr.Markdown(OUTPUT_HELP, elem_id="output-help")
         with gr.Row():
-            with gr.Column():
-                steered_box = gr.Textbox(label="Steered (your latent)", lines=10, elem_id="out-steered")
-                steered_md = gr.Markdown()
-            with gr.Column():
-                base_box = gr.Textbox(label="Unsteered base model", lines=10, elem_id="out-base")
-                base_md = gr.Markdown()
-            with gr.Column():
-                ctx_box = gr.Textbox(label="In-context baseline", lines=10, elem_id="out-in-context")
-                ctx_md = gr.Markdown()
+            outputs, notes = [], []
+            for name, title in zip(OUTPUTS, ("Steered (your latent)", "Unsteered base model", "In-context baseline")):
+                with gr.Column(min_width=300):
+                    outputs.append(text_view(title, f"out-{name.replace('_', '-')}"))
+                    notes.append(gr.Markdown(elem_id=f"notes-{name.replace('_', '-')}"))
         gr.Markdown("## 4 · Profile")
         with gr.Row():
             export_btn = gr.Button("Export profile")
@@ -199,20 +231,25 @@ def build_demo(engine: Engine) -> gr.Blocks:
         preset_dd.change(preset, preset_dd, [w_c, w_s, w_w], api_name=False)
         point_btn.click(set_point, [w_c, w_s, w_w, session, show_bayes], teach_out, api_name="set_point", **cheap)
         reset_btn.click(reset, show_bayes, teach_out, api_name="reset", **cheap)
-        gen = gen_btn.click(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, strength, session],
-                            [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name="generate",
-                            **heavy)
-        prompt.submit(generate, [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, strength, session],
-                      [steered_box, base_box, ctx_box, steered_md, base_md, ctx_md], api_name=False, **heavy)
-        stop_btn.click(None, cancels=[gen], api_name=False)
+        gen_in = [prompt, in_ctx, max_new, temperature, top_k, rep, greedy, strength, session]
+        gen_btn.click(generate, gen_in, outputs + notes, api_name="generate", **heavy)
+        prompt.submit(generate, gen_in, outputs + notes, api_name=False, **heavy)
+        stop_btn.click(stop, session, None, api_name="stop", **cheap)
         export_btn.click(export, session, export_file, api_name="export", **cheap)
         import_btn.click(import_profile, [import_file, session, show_bayes], teach_out, api_name="import_profile",
                          **cheap)
     return demo
 
 
+def text_view(title: str, elem_id: str) -> gr.Markdown:
+    """Model or corpus text rendered as markdown under a title (values come through `safe_markdown`)."""
+    gr.Markdown(f"**{title}**")
+    return gr.Markdown(elem_id=elem_id, elem_classes="model-text", container=True, padding=True, line_breaks=True,
+                       latex_delimiters=[], min_height=120, max_height=480)
+
+
 def serve(demo: gr.Blocks, host: str, port: int | None, **launch) -> None:
     """Queue (bounded) and launch; show_error: a malformed API call gets its reason back, not a generic error."""
     demo.queue(max_size=128).launch(server_name=host, server_port=port, show_error=True, theme=gr.themes.Soft(),
-                                    css=".gradio-container {max-width: 1400px !important}", **launch)
+                                    css=CSS, js=KEYS_JS, **launch)
 

@@ -1,5 +1,9 @@
-"""What the app shows, built from engine results: the ternary simplex figure and short texts."""
+"""What the app shows, built from engine results: the ternary simplex figure, model text as safe markdown, and
+short texts (progress, timing, scores, how to read the page)."""
 from __future__ import annotations
+
+import html
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -69,3 +73,49 @@ def scores_markdown(scores: dict | None) -> str:
     elif scores["junk_reason"]:
         lines.append(f"note: {scores['junk_reason']}")
     return "\n\n".join(lines)
+
+
+_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]+`)", re.S)  # code is shown as text by the renderer itself
+_SCHEME = r"(?!(?:https?|mailto):)[a-z][a-z0-9+.-]*:"  # any link scheme but http(s) and mailto
+_INLINE_LINK = re.compile(r"(\]\(\s*)<?\s*" + _SCHEME + r"[^)\s]*", re.I)
+_REF_LINK = re.compile(r"^(\s{0,3}\[[^\]\n]+\]:\s*)<?\s*" + _SCHEME + r"\S*", re.I | re.M)
+
+
+def safe_markdown(text: str, empty: str = "*(empty)*") -> str:
+    """Model or corpus text as markdown a chat UI would render, with nothing executable: HTML outside code shows as
+    text, links to schemes other than http(s)/mailto lose their target, and blank text says so."""
+    if not text.strip():
+        return empty
+    parts = _CODE.split(text)
+    for i in range(0, len(parts), 2):  # even parts are outside code
+        safe = html.escape(parts[i], quote=False).replace("&gt;", ">")  # '>' opens no tag; keep quotes
+        parts[i] = _REF_LINK.sub(r"\1#unsafe-link", _INLINE_LINK.sub(r"\1#unsafe-link", safe))
+    return "".join(parts)
+
+
+def timing_markdown(tokens: int, elapsed: float, max_new_tokens: int, done: bool = False,
+                    stopped: bool = False) -> str:
+    """Elapsed time, tokens and tokens/s of one output; while it runs, the longest the rest can take. `tokens` is
+    the re-tokenized text, capped at the limit (a decode/encode round trip can differ by a token)."""
+    tokens = min(tokens, max_new_tokens)
+    rate = tokens / elapsed if elapsed > 0 else 0.0
+    line = f"{elapsed:.1f} s · {tokens} tokens · {rate:.1f} tokens/s"
+    if stopped:
+        return f"stopped after {line}"
+    if done:
+        end = "ended on its own" if tokens < max_new_tokens else f"cut at the {max_new_tokens}-token limit"
+        return f"done in {line} · {end}"
+    left = f" · at most {(max_new_tokens - tokens) / rate:.0f} s more" if rate > 0 else " · waiting for the first token"
+    return f"generating · {line}{left}"
+
+
+PLOT_HELP = ("**How to read this.** Each corner is one pure taste: short answers, answers with lists and headings, "
+             "or friendly ones. The red star is the app's best guess of your taste from your labels so far; the "
+             "blue dots are other guesses it still finds plausible (a tight cloud means it is sure), and the grey "
+             "line shows how the guess moved with each label.")
+OUTPUT_HELP = ("**How to read this.** The same prompt goes to the same small model three ways: *steered* by your "
+               "taste, the *unsteered* base model, and optionally the base model shown your labelled pairs as "
+               "examples. A good result is a steered answer that still answers the prompt well but reads more "
+               "like what you picked. Under each answer: its style scores, quality (fluency, relevance) and "
+               "a warning if the text is junk.")
+KEYS_HELP = "Keys: **A** or **B** picks a response · **S** skips · **U** undoes (click the pair area first)."

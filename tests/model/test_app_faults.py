@@ -143,3 +143,29 @@ def test_double_clicks_and_a_client_leaving_mid_stream(served, labelled):
     job.cancel()  # the visitor goes away mid-stream
     steered, *_ = labelled.predict("Hello", False, *SETTINGS, api_name="/generate")  # the lock was released
     assert labels_of(labelled) == 3 and not engine.streamer.lock.locked()
+
+
+def test_stop_ends_the_answer_within_one_decode_step(served, labelled):
+    """Stop (the button's API) ends a 200-token answer once decoding runs: at most the step under way and one
+    more, then the scores of what was written."""
+    engine, _ = served
+    forwards = []
+
+    def slow(module, args, output):
+        forwards.append(time.monotonic())
+        time.sleep(0.05)
+
+    hook = engine.policy.lm.model.register_forward_hook(slow)
+    try:
+        job = labelled.submit("Tell me a long story.", False, 200, 0.7, 50, 1.15, True, 1.0, api_name="/generate")
+        for update in job:
+            if update[0]:
+                break
+        labelled.predict(api_name="/stop")
+        at_stop = len(forwards)
+        final = job.outputs()[-1] if job.result() is not None else None
+    finally:
+        hook.remove()
+    assert len(forwards) - at_stop <= 2 and at_stop < 100  # stopped long before the 200-token limit
+    assert "stopped after" in final[3] and "fluency" in final[3]
+    assert not engine.streamer.lock.locked()

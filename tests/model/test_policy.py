@@ -202,11 +202,14 @@ def test_4bit_base_with_lora_and_film(tmp_path, quant):
     perturb(pol)
     assert not torch.allclose(logits_of(pol, ids, torch.randn(1, 8)), base)
     assert generate(pol, ["Hello"], torch.randn(1, 8), GREEDY)
-    z = torch.randn(3, 8)
-    prompts = ["Hello", "How do I boil an egg?", "Hi"]
-    batched = generate(pol, prompts, z, GREEDY)
-    alone = [generate(pol, [p], z[i:i + 1], GREEDY)[0] for i, p in enumerate(prompts)]
-    assert batched == alone  # rows do not talk to each other
+    z, rows = torch.randn(3, 8), torch.randint(1, 100, (3, 6))
+    assert len(generate(pol, ["Hello", "How do I boil an egg?", "Hi"], z, GREEDY)) == 3
+    batched = logits_of(pol, rows, z)
+    other = logits_of(pol, rows, torch.cat([torch.randn(1, 8), z[1:]]))
+    assert torch.equal(batched[1:], other[1:]) and not torch.equal(batched[0], other[0])  # rows do not talk
+    alone = torch.cat([logits_of(pol, rows[i:i + 1], z[i:i + 1]) for i in range(3)])
+    # bnb's fast CPU kernel (AVX512-BF16) rounds by batch shape: batched equals solo to bf16 precision only
+    torch.testing.assert_close(batched, alone, atol=0.05, rtol=0.02)
 
 
 def test_int4_linear_is_the_grouped_4bit_weight():

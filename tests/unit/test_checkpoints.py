@@ -70,7 +70,7 @@ def test_shipped_policy_names_the_reward_checkpoint_it_was_trained_with():
     from npdemo.model.policy_checkpoint import paired_reward_dir
 
     paired = paired_reward_dir(POLICY_DIR)
-    assert paired == CHECKPOINTS / "reward_v1" / "np_btl"
+    assert paired == CHECKPOINTS / "reward" / "np_btl"
     assert paired_reward_dir(POLICY_DIR, paired) == paired
-    with pytest.raises(checkpoints.CheckpointError, match="was trained with the NP-BTL checkpoint reward_v1/np_btl"):
+    with pytest.raises(checkpoints.CheckpointError, match="was trained with the NP-BTL checkpoint reward/np_btl"):
         paired_reward_dir(POLICY_DIR, REWARD_DIR / "btl_mixed")

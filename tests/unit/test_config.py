@@ -34,3 +34,11 @@ def test_both_forms_types_and_words():
 def test_bad_settings_are_clear(argv, message):
     with pytest.raises(SystemExit, match=message):
         parse_cli(argv, Cfg())
+
+
+def test_the_fetched_default_model_wheel_is_the_one_requirements_pin():
+    from npdemo.config import ROOT
+    from npdemo.data.base_model import OFFLINE_WHEEL
+
+    pins = [ln.strip() for ln in (ROOT / "requirements-model.txt").read_text().splitlines() if "==" in ln]
+    assert pins == [OFFLINE_WHEEL]

@@ -62,6 +62,15 @@ def test_other_languages_are_named_not_called_junk(text, lang):
     assert not check.junk and not check.english and "not English" in check.reason and lang in check.reason
 
 
+def test_invented_words_in_another_language_are_junk():
+    """The shipped policy once answered an English prompt with Portuguese-looking invented words."""
+    check = junk.check_text("1. Arrámento 3: Criar onde em todoosão e amança nomeitando as estreias devemos ter uma "
+                            "cadeira no que hemás tem dese")
+    assert check.junk and not check.english and "real words in 'pt'" in check.reason
+    assert not junk.check_text("Para acordar cedo, tente ir para a cama mais cedo e evite usar o telemóvel antes de "
+                               "dormir.").junk  # real Portuguese is only noted
+
+
 def test_huge_text_is_judged_fast_on_its_beginning():
     text = "Water the plant when the soil is dry. " * 3000  # 114k characters
     check = junk.check_text(text)
