@@ -26,7 +26,7 @@ from ..data.quality_scores import quality_score
 from ..data.users import sample_users, shared_reward, strongest_labels
 from ..model import quality
 from ..model.context_encoder import ContextEncoder
-from ..model.generation import Answers, Sampling, answer, generate_base_shared_prefix
+from ..model.generation import DEFAULT_STRENGTH, Answers, Sampling, answer, generate_base_shared_prefix
 from ..model.in_context import in_context_prompt
 from ..model.policy import ConditionalPolicy
 from .metrics import mean_se_dict, tie_half
@@ -45,7 +45,7 @@ class GenerationConfig:
     in_context: bool = True      # also the in-context baseline (long prompts: the slowest rows)
     dirichlet_users: int = 60    # steerability users, each on `dirichlet_prompts` test prompts
     dirichlet_prompts: int = 5
-    strength: float = 1.0        # steering strength of every steered row
+    strength: float = DEFAULT_STRENGTH  # steering strength of every steered row (the app's default)
     seed: int = 1234
 
 

@@ -19,7 +19,7 @@ from .policy import ConditionalPolicy
 @dataclass
 class Sampling:
     """Generation settings; `check` turns bad values into one clear error."""
-    max_new_tokens: int = 160
+    max_new_tokens: int = 192  # the app default: most steered answers end on their own (README, The app)
     temperature: float = 0.7
     top_k: int = 50
     repetition_penalty: float = 1.15
@@ -69,6 +69,7 @@ def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str |
 
 
 MAX_STRENGTH = 2.0  # steering strength a scales FiLM's move: gamma = 1 + a (gamma - 1); 1 is as trained
+DEFAULT_STRENGTH = 0.75  # the app's and evaluate's default (measured: README, *Steering strength*)
 
 
 def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,

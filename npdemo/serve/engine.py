@@ -24,7 +24,7 @@ from ..data.bank import Bank, load_bank
 from ..data.users import bank_shared, strongest_labels
 from ..model import checkpoints, quality
 from ..model.acquisition import next_pair
-from ..model.generation import Sampling, prompt_ids
+from ..model.generation import DEFAULT_STRENGTH, Sampling, prompt_ids
 from ..model.in_context import fitted_in_context_prompt
 from ..model.policy import ConditionalPolicy
 from ..model.policy_checkpoint import load_policy, paired_reward_dir
@@ -35,7 +35,6 @@ from .session import ORDERS, Session
 from .streaming import Streamer
 
 CLOUD_SAMPLES = 48      # z samples drawn for the uncertainty cloud
-DEFAULT_STRENGTH = 1.0  # steering strength the app starts at (measured: README, Steering strength)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..model.generation import MAX_STRENGTH, Sampling
-from .engine import DEFAULT_STRENGTH, Engine
+from ..model.generation import DEFAULT_STRENGTH, MAX_STRENGTH, Sampling
+from .engine import Engine
 from .session import ORDERS, ProfileError, Session
 from .views import (KEYS_HELP, OUTPUT_HELP, PLOT_HELP, pair_markdown, progress_text, safe_markdown, scores_markdown,
                     simplex_figure, timing_markdown)
@@ -194,11 +194,12 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 stop_btn = gr.Button("Stop", elem_id="btn-stop")
         gr.Examples(EXAMPLES, inputs=[prompt])
         strength = gr.Slider(0, MAX_STRENGTH, value=DEFAULT_STRENGTH, step=0.05, label="steering strength",
-                             info="how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained",
+                             info="how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained (default 0.75, measured)",
                              elem_id="strength")
         with gr.Accordion("Sampling settings", open=False):
             in_ctx = gr.Checkbox(label="Also run the in-context baseline (your labelled pairs in the prompt; slower)")
-            max_new = gr.Slider(1, 512, value=160, step=1, label="max new tokens")
+            max_new = gr.Slider(1, 512, value=Sampling.max_new_tokens, step=1, label="max new tokens",
+                                info="about 15 s for a full answer on a 2-core CPU")
             temperature = gr.Slider(0.05, 2.0, value=0.7, label="temperature")
             top_k = gr.Slider(1, 200, value=50, step=1, label="top-k")
             rep = gr.Slider(1.0, 2.0, value=1.15, label="repetition penalty")
