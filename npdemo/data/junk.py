@@ -4,7 +4,8 @@ A reply is junk when a reader would not call it an answer at all: mostly invente
 or one phrase looping. Real words come from a maintained word list (`wordfreq`'s English frequencies, offline),
 not from our own corpus, which holds junk too. Markdown structure (list markers, bold, table bars) is layout,
 not noise, so it is stripped before symbols are counted. Text in another language gets its own reason and is
-judged by that language's word list: real Portuguese is noted, invented Portuguese-looking words are junk. The language model's half (fluency) lives in `npdemo.model.quality`.
+judged by that language's word list: real Portuguese is noted, invented Portuguese-looking words are junk.
+The language model's half (fluency) lives in `npdemo.model.quality`.
 """
 from __future__ import annotations
 

@@ -49,11 +49,14 @@ class Streamer:
         texts: queue.Queue = queue.Queue()
         cancelled, errors = threading.Event(), []
 
+        def ended() -> bool:
+            return cancelled.is_set() or stop()
+
         def run() -> None:
             try:
                 with self.lock:
                     generate_rows(self.policy, prompts, zs, sampling, row_tokens(self.policy, len(prompts), texts.put),
-                                  strengths, stopping_criteria=StoppingCriteriaList([_Cancelled(lambda: cancelled.is_set() or stop())]))
+                                  strengths, stopping_criteria=StoppingCriteriaList([_Cancelled(ended)]))
             except Exception as e:  # noqa: BLE001 - handed to the consumer below
                 errors.append(e)
             finally:

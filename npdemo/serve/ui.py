@@ -188,13 +188,15 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                 "label the 10 pairs it feels most strongly about (weights are normalised).")
         gr.Markdown("## 3 · Generate")
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", placeholder="Ask anything…", scale=4, min_width=240, elem_id="prompt")
+            prompt = gr.Textbox(label="Prompt", placeholder="Ask anything…", scale=4, min_width=240,
+                                elem_id="prompt")
             with gr.Column(scale=1, min_width=120):
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="btn-generate")
                 stop_btn = gr.Button("Stop", elem_id="btn-stop")
         gr.Examples(EXAMPLES, inputs=[prompt])
         strength = gr.Slider(0, MAX_STRENGTH, value=DEFAULT_STRENGTH, step=0.05, label="steering strength",
-                             info="how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained (default 0.75, measured)",
+                             info=f"how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained "
+                                  f"(default {DEFAULT_STRENGTH}, measured)",
                              elem_id="strength")
         with gr.Accordion("Sampling settings", open=False):
             in_ctx = gr.Checkbox(label="Also run the in-context baseline (your labelled pairs in the prompt; slower)")

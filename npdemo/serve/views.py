@@ -105,7 +105,8 @@ def timing_markdown(tokens: int, elapsed: float, max_new_tokens: int, done: bool
     if done:
         end = "ended on its own" if tokens < max_new_tokens else f"cut at the {max_new_tokens}-token limit"
         return f"done in {line} · {end}"
-    left = f" · at most {(max_new_tokens - tokens) / rate:.0f} s more" if rate > 0 else " · waiting for the first token"
+    left = (f" · at most {(max_new_tokens - tokens) / rate:.0f} s more" if rate > 0
+            else " · waiting for the first token")
     return f"generating · {line}{left}"
 
 
