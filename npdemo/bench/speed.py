@@ -4,7 +4,8 @@ In one process and one run, per precision (int4, NF4, bf16): load time, plain Hu
 (no peft, no hooks) on the freshly loaded model, then npdemo's: time to first streamed text, decode tokens/s
 unsteered vs FiLM-steered (LoRA on, every decoder layer modulated), the prefill of 4 prompts, 4 visitors at once
 each asking for a steered and a base answer (one after another under the policy lock vs merged by the app's
-batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, and the CPU's flags.
+batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, the CPU's flags, and
+llama.cpp on the same GGUF as the reference row (llama_cpp.py; skipped, with the reason, where it is absent).
 Ratios come from the same run. FiLM and LoRA weights are random non-zero: their cost does not depend on training.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from transformers import AutoTokenizer
 
 from ..data import base_model
 from ..model.context_encoder import ContextEncoder, EncoderConfig
@@ -24,6 +26,7 @@ from ..model.generation import Sampling
 from ..model.policy import ConditionalPolicy, PolicyConfig
 from ..serve.batching import Batcher
 from ..serve.streaming import Streamer
+from .llama_cpp import bench_llama_cpp
 
 PROMPT = "What are some simple ways to make a small apartment feel more spacious?"
 
@@ -54,9 +57,12 @@ def time_first_text(streamer: Streamer, z: torch.Tensor | None) -> float:
     return elapsed
 
 
+def prompt_ids(tokenizer) -> list[int]:
+    return encode(tokenizer, chat_text(tokenizer, [{"role": "user", "content": PROMPT}]))
+
+
 def prompt_tensor(lm: base_model.LoadedModel, rows: int = 1) -> torch.Tensor:
-    text = chat_text(lm.tokenizer, [{"role": "user", "content": PROMPT}])
-    return torch.tensor([encode(lm.tokenizer, text)] * rows, device=lm.device)
+    return torch.tensor([prompt_ids(lm.tokenizer)] * rows, device=lm.device)
 
 
 @torch.no_grad()
@@ -167,6 +173,8 @@ def run_speed(args) -> dict:
     rows = [bench_precision(args.model or None, q, args.new_tokens, args.repeats, args.latent) for q in QUANTS]
     encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
     threads = torch.get_num_threads()
+    llama = {"skipped": "the reference row runs the default model's GGUF only"} if args.model else bench_llama_cpp(
+        prompt_ids(AutoTokenizer.from_pretrained(base_model.resolve())), threads, args.new_tokens, args.repeats)
     print(f"\nSpeed on {rows[0]['device']} ({threads} threads; CPU flags: {' '.join(shown) or 'none of note'}), "
           f"{args.new_tokens} new tokens, greedy, median of {args.repeats}:")
     print("| precision | load s | plain HF tok/s | npdemo tok/s (base / steered) | steered vs plain HF | TTFT s (base / "
@@ -188,6 +196,11 @@ def run_speed(args) -> dict:
               for a, b in (("int4", "bf16"), ("int4", "nf4"), ("nf4", "bf16")) if a in by and b in by}
     print("Steered single-stream ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
           + f"; encoding 10 pairs into z: {1000 * encode_s:.2f} ms")
-    print("llama.cpp reference row: not measured (llama-cpp-python builds from source; not attempted here)")
-    return {"rows": rows, "ratios": ratios, "encode_10_pairs_s": encode_s, "new_tokens": args.new_tokens,
-            "repeats": args.repeats, "threads": threads, "cpu_flags": shown}
+    if "skipped" in llama:
+        print(f"llama.cpp reference row: not measured: {llama['skipped']}")
+    else:
+        print(f"llama.cpp reference row ({llama['quant']}, llama-cpp-python {llama['version']}, unsteered): load "
+              f"{llama['load_s']:.1f} s, TTFT {llama['ttft_s']:.2f} s, {llama['tok_s']:.1f} tok/s; int4 steered is "
+              f"{by['int4']['tok_s_steered'] / llama['tok_s']:.2f}x of it")
+    return {"rows": rows, "ratios": ratios, "llama_cpp": llama, "encode_10_pairs_s": encode_s,
+            "new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "cpu_flags": shown}

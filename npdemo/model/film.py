@@ -1,9 +1,11 @@
 """FiLM: a hypernetwork maps the user latent z to per-layer (gamma, beta), applied to every decoder layer's output.
 
 h_l <- gamma_l(z) * h_l + beta_l(z), broadcast over positions, one (gamma, beta) per batch row. Identity at
-init (gamma = 1 + W z with W = 0, beta = 0), so the conditioned policy starts as the base model. Bounded FiLM
-(gamma = 1 + s tanh(W z), beta = s tanh(V z)) caps how far any latent can push a layer: an unbounded gamma let
-DPO scale hidden states until the 135M model wrote junk.
+init (gamma = 1 + W z with W = 0, beta = 0), so the conditioned policy starts as the base model. Bounded FiLM caps
+how far any latent can push a layer (an unbounded gamma let DPO scale hidden states until the 135M model wrote
+junk) with a soft clamp, gamma - 1 = s tanh(W z / s): moves well under s pass unchanged. Recipe 2's squash,
+s tanh(W z), also scaled every move by s, so under Adam FiLM learnt s times slower than LoRA and never reached
+the cap (its |gamma - 1| stayed under 0.04 for s = 0.1): it braked the steering rather than capping it.
 Applied with forward hooks, not wrapper modules: wrappers rename state-dict keys and break peft adapter names.
 """
 from __future__ import annotations
@@ -16,11 +18,16 @@ from torch import nn
 
 
 class FiLM(nn.Module):
-    """z (B, Z) -> gamma, beta (B, n_layers, D); bound s > 0 squashes both through s tanh (None: unbounded)."""
+    """z (B, Z) -> gamma, beta (B, n_layers, D); bound s > 0 clamps |gamma - 1| and |beta| under s (None: unbounded).
 
-    def __init__(self, latent: int, hidden_size: int, n_layers: int, bound: float | None = None):
+    squash "soft": s tanh(x / s), the cap; "scaled": s tanh(x), recipe 2's form, kept to load its checkpoints."""
+
+    def __init__(self, latent: int, hidden_size: int, n_layers: int, bound: float | None = None,
+                 squash: str = "soft"):
         super().__init__()
-        self.n_layers, self.hidden_size, self.bound = n_layers, hidden_size, bound
+        if squash not in ("soft", "scaled"):
+            raise ValueError(f"FiLM squash must be 'soft' or 'scaled', got {squash!r}")
+        self.n_layers, self.hidden_size, self.bound, self.squash = n_layers, hidden_size, bound, squash
         self.gamma = nn.Linear(latent, n_layers * hidden_size)
         self.beta = nn.Linear(latent, n_layers * hidden_size)
         for layer in (self.gamma, self.beta):  # identity: delta-gamma = beta = 0 for every z
@@ -31,7 +38,8 @@ class FiLM(nn.Module):
         shape = (z.shape[0], self.n_layers, self.hidden_size)
         dg, b = self.gamma(z).view(shape), self.beta(z).view(shape)
         if self.bound is not None:
-            dg, b = self.bound * torch.tanh(dg), self.bound * torch.tanh(b)
+            scale = self.bound if self.squash == "soft" else 1.0
+            dg, b = self.bound * torch.tanh(dg / scale), self.bound * torch.tanh(b / scale)
         return 1 + dg, b
 
 

@@ -32,6 +32,7 @@ class LoRAConfig:
 class PolicyConfig(LoRAConfig):
     latent: int = 64                   # size of z (from the NP context encoder)
     film_bound: float | None = 0.1     # FiLM's |gamma - 1| and |beta| stay under this (None: unbounded, recipe v1)
+    film_squash: str = "soft"          # how the bound applies: "soft" clamp (recipe 3) or "scaled" (recipe 2)
 
 
 class ConditionalPolicy:
@@ -45,7 +46,8 @@ class ConditionalPolicy:
                           target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM")
         self.model = get_peft_model(lm.model, lora)
         config = lm.model.config
-        self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers, cfg.film_bound).to(lm.device)
+        self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers, cfg.film_bound,
+                         cfg.film_squash).to(lm.device)
         self.hooks = FiLMHooks(self.model)
         self.model.eval()
 

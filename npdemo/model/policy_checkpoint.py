@@ -15,7 +15,10 @@ from . import checkpoints
 from .context_encoder import ContextEncoder, EncoderConfig
 from .policy import ConditionalPolicy, PolicyConfig
 
-RECIPE = 2  # 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + bounded FiLM
+# 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + FiLM squashed by s tanh(x)
+# (steered weakly: the squash slowed FiLM's learning s-fold); 3: RPO + FiLM soft-clamped by s tanh(x / s)
+RECIPE = 3
+MIXED_SINCE = 2  # recipe 3 changed only FiLM, which the unconditioned DPO-mixed baseline lacks: its recipe 2 is current
 
 
 def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
@@ -66,11 +69,12 @@ def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> N
     """Refuse a checkpoint of an older recipe (recipe 1 streams junk to corner users) unless `old_recipe` is asked
     for explicitly (evaluation's before/after rows)."""
     recipe = manifest.get("recipe", 1)
-    if recipe != RECIPE and not old_recipe:
+    current = recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
+    if not current and not old_recipe:
         raise checkpoints.CheckpointError(
-            f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + bounded FiLM); recipe "
-            "1 writes junk for corner users. Retrain with `python -m npdemo.train policy` (evaluate loads it with "
-            "--old-recipe)")
+            f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM); "
+            "recipe 1 writes junk for corner users, recipe 2 barely steers. Retrain with `python -m npdemo.train "
+            "policy` (evaluate loads it with --old-recipe)")
 
 
 def check_film(policy: ConditionalPolicy, directory: Path) -> None:
@@ -99,7 +103,8 @@ def load_policy(directory: Path, lm: LoadedModel, old_recipe: bool = False
         raise checkpoints.CheckpointError(
             f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
             f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
-    policy = ConditionalPolicy(lm, PolicyConfig(**{"film_bound": None, **manifest["config"]["policy"]}))
+    policy = ConditionalPolicy(lm, PolicyConfig(**{"film_bound": None, "film_squash": "scaled",
+                                                   **manifest["config"]["policy"]}))
     lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
     set_peft_model_state_dict(policy.model, lora)
     if not manifest.get("conditioned", True):

@@ -148,10 +148,11 @@ class PolicyTrainConfig(LoRAConfig, DPOConfig):
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
     quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)
     film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
+    film_squash: str = "soft"  # "soft" clamp s tanh(x / s) (recipe 3) or recipe 2's "scaled" s tanh(x) (ablation)
     out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
 
     def policy_config(self, latent: int) -> PolicyConfig:
-        return PolicyConfig(latent=latent, film_bound=self.film_bound or None,
+        return PolicyConfig(latent=latent, film_bound=self.film_bound or None, film_squash=self.film_squash,
                             **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
 
 

@@ -112,6 +112,22 @@ def test_bounded_film_stays_inside_its_bound():
     assert (gamma - 1).abs().max() > 0.09  # saturated, not zero
 
 
+@pytest.mark.parametrize("squash, slope", [("soft", 1.0), ("scaled", 0.1)])
+def test_film_soft_clamp_passes_small_moves_unchanged(squash, slope):
+    """Soft clamp s tanh(x / s): a small move x passes as x (slope 1 at 0), so FiLM learns as fast as unbounded;
+    recipe 2's s tanh(x) scaled every move, and FiLM's learning, by s."""
+    from npdemo.model.film import FiLM
+    film = FiLM(8, 16, 3, bound=0.1, squash=squash)
+    with torch.no_grad():
+        film.gamma.bias.fill_(1e-3)
+        film.beta.bias.fill_(-1e-3)
+    gamma, beta = film(torch.zeros(1, 8))
+    torch.testing.assert_close(gamma - 1, torch.full_like(gamma, slope * 1e-3), rtol=1e-3, atol=0)
+    torch.testing.assert_close(beta, torch.full_like(beta, -slope * 1e-3), rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="squash"):
+        FiLM(8, 16, 3, bound=0.1, squash="hard")
+
+
 def test_bad_input_is_a_clear_error(policy, streamer):
     with pytest.raises(ValueError, match="temperature"):
         Sampling(temperature=0).check()
@@ -168,11 +184,21 @@ def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
     save_policy(pol, encoder, tmp_path / "old")
     manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
     del manifest["recipe"], manifest["config"]["policy"]["film_bound"]  # as recipe 1 wrote it
+    del manifest["config"]["policy"]["film_squash"]
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(checkpoints.CheckpointError, match="recipe-1 policy"):
         load_policy(tmp_path / "old", make_tiny_lm())
     old, _ = load_policy(tmp_path / "old", make_tiny_lm(), old_recipe=True)  # evaluate's before rows
     assert old.film.bound is None  # recipe 1's unbounded FiLM
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    manifest["recipe"], manifest["config"]["policy"]["film_bound"] = 2, 0.1  # as recipe 2 wrote it: no squash key
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(checkpoints.CheckpointError, match="recipe-2 policy"):
+        load_policy(tmp_path / "old", make_tiny_lm())
+    old, _ = load_policy(tmp_path / "old", make_tiny_lm(), old_recipe=True)
+    assert (old.film.bound, old.film.squash) == (0.1, "scaled")  # recipe 2's squash, as it was trained
+    save_policy(pol, encoder, tmp_path / "new")
+    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 3
     with torch.no_grad():
         pol.film.beta.bias[3] = float("nan")
     save_policy(pol, encoder, tmp_path / "nan")
