@@ -16,7 +16,9 @@ def test_shared_prefix_generation_matches_each_prompt_alone(real_lm):
 
 
 def test_int4_greedy_text_equals_fp32(real_lm):
-    """The CPU int4 path (groups of 32, recovering the GGUF's Q4_1 blocks) writes what fp32 writes, steered too."""
+    """The CPU int4 path (groups of 32, recovering the GGUF's Q4_1 blocks) writes what fp32 writes; steered, its
+    next-token choices follow fp32's far more closely than steering moves them (greedy text is too brittle: one
+    flipped token diverges the rest, and a FiLM as strong as the shipped one flips some in 24 tokens)."""
     import torch
 
     from npdemo.data import base_model
@@ -27,12 +29,22 @@ def test_int4_greedy_text_equals_fp32(real_lm):
     fp32 = ConditionalPolicy(real_lm, PolicyConfig(latent=8))
     int4 = ConditionalPolicy(base_model.load(quant="int4"), PolicyConfig(latent=8))
     assert generate(int4, prompts, None, sampling) == generate(fp32, prompts, None, sampling)
-    torch.manual_seed(0)
-    for pol in (fp32, int4):  # the same small FiLM on both: steering survives int4
+    for pol in (fp32, int4):  # the same FiLM on both, |gamma - 1| about the shipped policy's (mean 0.035)
         for p in pol.film.parameters():
             torch.nn.init.normal_(p, 0, 0.02, generator=torch.Generator().manual_seed(1))
     z = torch.randn(len(prompts), 8, generator=torch.Generator().manual_seed(2))
-    steered = generate(int4, prompts, z, sampling)
-    agree = sum(a == b for a, b in zip(steered, generate(fp32, prompts, z, sampling)))
-    assert steered != generate(int4, prompts, None, sampling)  # FiLM takes effect in int4
-    assert agree >= 2  # measured: 2 of 4 steered answers equal fp32's over 24 tokens (4-bit error grows under FiLM)
+    texts = [p + " " + a for p, a in zip(prompts, generate(fp32, prompts, z, sampling))]
+
+    def top1(pol: ConditionalPolicy, steered: bool) -> torch.Tensor:
+        picks = []
+        for i, text in enumerate(texts):
+            ids = real_lm.tokenizer(text, return_tensors="pt").input_ids
+            with torch.no_grad(), pol.conditioned(z[i:i + 1] if steered else None):
+                picks.append(pol.model(input_ids=ids).logits[0].argmax(-1))
+        return torch.cat(picks)
+
+    fp32_steered = top1(fp32, True)
+    int4_agrees = (top1(int4, True) == fp32_steered).float().mean()
+    steering_moves = (top1(fp32, False) != fp32_steered).float().mean()
+    assert int4_agrees >= 0.9  # measured 0.97 over 129 positions
+    assert steering_moves >= 0.1  # measured 0.22: FiLM takes effect, 7x more than int4's error
