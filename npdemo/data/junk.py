@@ -1,10 +1,12 @@
-"""Is a text junk? The text-only half of the verdict: real words, symbol density and repetition.
+"""Is a text junk? The text-only half of the verdict: real words, symbol density, emoji runs and repetition.
 
 A reply is junk when a reader would not call it an answer at all: mostly invented words, symbol or emoji soup,
-or one phrase looping. Real words come from a maintained word list (`wordfreq`'s English frequencies, offline),
-not from our own corpus, which holds junk too. Markdown structure (list markers, bold, table bars) is layout,
-not noise, so it is stripped before symbols are counted. Text in another language gets its own reason and is
-judged by that language's word list: real Portuguese is noted, invented Portuguese-looking words are junk.
+or one phrase looping; or when an answer dissolves into emoji soup part way (a long run of emoji, which the
+warm corner's policy learned to write because warmth rewards emoji), in any language. Real words come from a
+maintained word list (`wordfreq`'s English frequencies, offline), not from our own corpus, which holds junk too.
+Markdown structure (list markers, bold, table bars) is layout, not noise, so it is stripped before symbols are
+counted. Text in another language gets its own reason and is judged by that language's word list: real
+Portuguese is noted, invented Portuguese-looking words are junk.
 The language model's half (fluency) lives in `npdemo.model.quality`.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from functools import lru_cache
 MIN_REAL_WORDS = 0.6   # share of word characters in English words; below: mostly invented words
 MAX_SYMBOLS = 0.15     # share of visible characters that are symbols or emoji once markdown is stripped
 MAX_REPEATED = 0.5     # share of word 4-grams that repeat an earlier one
+MAX_EMOJI_RUN = 7      # emoji in a row (spaces aside); 8 or more is soup: no corpus response the verdict passes has
+                       # one, nor any hand-labelled fine answer; the recipe-3 warm policy wrote one in 7 of 50
 MAX_CHARS = 20_000     # longer texts are judged on their beginning (a 100k-character paste stays fast)
 OTHER_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl")  # Latin-script languages told apart from English
 LANGUAGE_MARGIN = 1.0  # mean Zipf frequency by which another language must beat English (measured: 2.9-3.1)
@@ -27,6 +31,8 @@ _MARKDOWN = [re.compile(p, re.M) for p in (
     r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$",           # horizontal rules and table separators
     r"\*\*|__|\|",                               # bold and table bars
 )]
+_EMOJI = ((0x1F000, 0x1F3FA), (0x1F400, 0x1FAFF), (0x2600, 0x27BF), (0x2300, 0x23FF), (0x2B00, 0x2BFF))
+_EMOJI_GLUE = set("\u200d\u200b\ufe0e\ufe0f\u20e3") | {chr(c) for c in range(0x1F3FB, 0x1F400)}  # joiners, skin tones
 _PLAIN = set(".,;:!?'\"()-\u2013\u2014\u2019\u201c\u201d\u2026/%$&")  # punctuation a sentence uses
 
 
@@ -37,6 +43,7 @@ class TextCheck:
     real_words: float   # character-weighted share of them in the English word list
     symbols: float      # share of visible characters that are symbols/emoji (markdown stripped)
     repeated: float     # share of word 4-grams repeating an earlier one
+    emoji_run: int      # longest run of emoji in a row (spaces, joiners and skin tones aside)
     english: bool
     junk: bool
     reason: str         # "" when fine
@@ -72,6 +79,16 @@ def _symbol_share(text: str) -> float:
     return len(odd) / len(visible) if visible else 0.0
 
 
+def _emoji_run(text: str) -> int:
+    best = run = 0
+    for c in text:
+        if c.isspace() or c in _EMOJI_GLUE:
+            continue
+        run = run + 1 if any(lo <= ord(c) <= hi for lo, hi in _EMOJI) else 0
+        best = max(best, run)
+    return best
+
+
 def _repeated_share(words: list[str]) -> float:
     grams = [tuple(w.lower() for w in words[i:i + 4]) for i in range(len(words) - 3)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
@@ -84,22 +101,25 @@ def check_text(text: str) -> TextCheck:
     words = _LATIN_WORD.findall(text)
     letters = [c for c in text if c.isalpha()]
     latin = sum(1 for w in words for c in w if c.isalpha())
-    symbols, repeated = _symbol_share(text), _repeated_share(words)
+    symbols, repeated, emoji = _symbol_share(text), _repeated_share(words), _emoji_run(text)
     if not text.strip():
-        return TextCheck(0, 0.0, 0.0, 0.0, True, True, "empty")
+        return TextCheck(0, 0.0, 0.0, 0.0, 0, True, True, "empty")
+    if emoji > MAX_EMOJI_RUN:  # before the language checks: soup is soup in any language
+        return TextCheck(len(words), _real_share(words), symbols, repeated, emoji, latin >= 0.5 * len(letters), True,
+                         f"emoji soup ({emoji} emoji in a row, over {MAX_EMOJI_RUN})")
     if letters and latin < 0.5 * len(letters):
-        return TextCheck(len(words), 0.0, symbols, repeated, False, False, "not English (mostly another script)")
+        return TextCheck(len(words), 0.0, symbols, repeated, emoji, False, False, "not English (mostly another script)")
     real = _real_share(words)
     other = _other_language(words) if words else None
     if other:
         real_other = _real_share(words, other)
         if real_other < MIN_REAL_WORDS:
-            return TextCheck(len(words), real, symbols, repeated, False, True,
+            return TextCheck(len(words), real, symbols, repeated, emoji, False, True,
                              f"{real_other:.0%} real words in {other!r}, the language it reads as (under "
                              f"{MIN_REAL_WORDS:.0%})")
-        return TextCheck(len(words), real, symbols, repeated, False, False, f"not English (reads as {other!r})")
+        return TextCheck(len(words), real, symbols, repeated, emoji, False, False, f"not English (reads as {other!r})")
     reason = ("no words" if not words else
               f"{real:.0%} real words (under {MIN_REAL_WORDS:.0%})" if real < MIN_REAL_WORDS else
               f"{symbols:.0%} symbols (over {MAX_SYMBOLS:.0%})" if symbols > MAX_SYMBOLS else
               f"{repeated:.0%} repeated phrases (over {MAX_REPEATED:.0%})" if repeated > MAX_REPEATED else "")
-    return TextCheck(len(words), real, symbols, repeated, True, bool(reason), reason)
+    return TextCheck(len(words), real, symbols, repeated, emoji, True, bool(reason), reason)

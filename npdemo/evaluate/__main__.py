@@ -28,6 +28,7 @@ class EvalConfig:
     mixed_dir: str = str(POLICY_MIXED_DIR)  # ... and the DPO-mixed one
     old_recipe: bool = False                # policy: load recipe-1 checkpoints (README's before rows)
     app_quant: str = "auto"                 # policy: the app's precision, for its junk check
+    rescore: str = ""                       # policy: re-score this earlier run's steering answers (no generation)
     prompts: int = GenerationConfig.prompts  # policy steering: test prompts per user
     contexts: int = GenerationConfig.contexts  # labelled contexts per steering user (the first also sampled)
     decodings: str = GenerationConfig.decodings
@@ -49,7 +50,8 @@ TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed),
          "reward": lambda c: evaluate_reward(c.users, c.seed, Path(c.reward_dir)),
          "selection": lambda c: evaluate_selection(c.users, c.seed, Path(c.reward_dir)),
          "policy": lambda c: evaluate_policy(c.users, c.seed, c.models, c.parts, generation_config(c),
-                                             Path(c.policy_dir), Path(c.mixed_dir), c.old_recipe, c.app_quant),
+                                             Path(c.policy_dir), Path(c.mixed_dir), c.old_recipe, c.app_quant,
+                                             c.rescore),
          "quality": lambda c: evaluate_quality()}
 
 

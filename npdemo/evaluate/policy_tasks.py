@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from ..model.policy_checkpoint import load_policy, paired_reward_dir
 from ..model.reward import load_reward_model
 from .metrics import mean_se, mean_se_dict, tie_half
 from .steering_tasks import (GenerationConfig, app_precision, print_app_precision, print_steerability,
-                             print_steering, steerability, steering, targets)
+                             print_steering, rescore, steerability, steering, targets)
 
 KS = (0, 1, 3, 5, 10)
 PARTS = ("implicit", "steering", "steerability", "app")
@@ -154,13 +155,15 @@ def implicit_reward_report(policies: dict, bank, cfg, max_tokens: int, reward_mo
 
 def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", parts: str = ",".join(PARTS),
                     gen: GenerationConfig | None = None, policy_dir: Path = POLICY_DIR,
-                    mixed_dir: Path = POLICY_MIXED_DIR, old_recipe: bool = False, app_quant: str = "auto") -> dict:
+                    mixed_dir: Path = POLICY_MIXED_DIR, old_recipe: bool = False, app_quant: str = "auto",
+                    rescore_from: str = "") -> dict:
     """NP-DPO vs DPO-mixed implicit-reward accuracy by k and group; steering beside the in-context baseline and
     DPO-mixed, z-swap, steerability, and the junk check in the app's precision (`app_quant`).
 
     `models` picks which checkpoints to score (steering needs np_dpo) and `parts` which measurements; no number
     depends on another model or part, so they can be evaluated in separate runs. `old_recipe` loads a recipe-1
-    checkpoint (the app refuses it) for README's before rows."""
+    checkpoint (the app refuses it) for README's before rows. `rescore_from` (an earlier run's JSON) re-scores
+    that run's stored steering answers with today's verdict instead of generating new ones."""
     bank, gen = load_bank(), gen or GenerationConfig(seed=seed)
     policies, train_cfg = {}, None
     chosen, wanted = models.split(","), parts.split(",")
@@ -183,9 +186,13 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     if "np_dpo" not in policies:
         return out
     policy, encoder = policies["np_dpo"]
-    if "steering" in wanted:
+    if "steering" in wanted and rescore_from:
+        out["steering"] = rescore(json.loads(Path(rescore_from).read_text())["steering"], policy, bank)
+        out["rescored_from"] = rescore_from
+    elif "steering" in wanted:
         mixed = policies["dpo_mixed"][0] if "dpo_mixed" in policies else None
         out["steering"] = steering(policy, encoder, bank, gen, mixed=mixed)
+    if "steering" in wanted:
         out["steering"]["targets"] = targets(out["steering"])
         print_steering(out["steering"])
     if "steerability" in wanted:

@@ -53,7 +53,7 @@ class GenerationConfig:
 class ScoredAnswers:
     """One row's answers (a model for a user, on the test prompts) with every score a reader needs beside them."""
     texts: list[str]
-    ended: np.ndarray       # (P,) bool: stopped at end-of-sequence
+    ended: np.ndarray       # (P,) bool: stopped at end-of-sequence (a re-scored old file: the row's share)
     attributes: np.ndarray  # (P, 3), junk scored 0 on concise and structured
     fluency: np.ndarray     # (P,) mean NLL under the fp32 base model over the whole answer (NaN: too short)
     relevance: np.ndarray   # (P,)
@@ -70,7 +70,7 @@ class ScoredAnswers:
                 "junk_rate": float(self.junk.mean()), "fluency": round(float(np.nanmean(self.fluency)), 3),
                 "fluency_start": round(float(np.nanmean(start)), 3),
                 "relevance": round(float(self.relevance.mean()), 3), "eos_share": float(self.ended.mean()),
-                "examples": self.texts[:examples], "answers": self.texts}
+                "examples": self.texts[:examples], "answers": self.texts, "ended": self.ended.tolist()}
 
 
 def score_answers(scorer: ConditionalPolicy, prompts: list[str], answers: Answers,
@@ -124,6 +124,11 @@ def corpus_fluency(scorer: ConditionalPolicy, bank: Bank, prompts: list[str], to
     return {"responses": len(rows), "fluency_start": round(float(np.nanmean(nll)), 3)}
 
 
+def row_key(model: str, user: str, context: int = 0) -> str:
+    """A row's name: "np_dpo, warm", "np_dpo, warm (context 2)", "in_context, warm"."""
+    return f"{model}, {user}" + (f" (context {context + 1})" if context else "")
+
+
 @torch.no_grad()
 def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: GenerationConfig,
              mixed: ConditionalPolicy | None = None) -> dict:
@@ -144,40 +149,63 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
                        for _ in range(cfg.contexts)] for name, w in USERS.items()}
     prior = encoder.latent(*bank.context([])).expand(n, -1)
     out: dict = {"prompts": n, "new_tokens": cfg.new_tokens, "fluency_tokens": cfg.fluency_tokens,
-                 "strength": cfg.strength, "users": {u: w.round(3).tolist() for u, w in USERS.items()},
+                 "contexts": cfg.contexts, "strength": cfg.strength, "users": {u: w.round(3).tolist()
+                                                                              for u, w in USERS.items()},
                  "corpus": corpus_fluency(policy, bank, prompts, cfg.fluency_tokens), "decodings": {}}
-    zswap_rows: dict[int, dict[str, np.ndarray]] = {c: {} for c in range(cfg.contexts)}
     for d, sampling in decodings(cfg).items():
         seed = cfg.seed  # every row of a decoding draws from the same seed
         rows = {"base": scored(seeded_answer(policy, prompts, None, sampling, seed))}
         if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
             rows["dpo_mixed"] = scored(seeded_answer(mixed, prompts, torch.zeros(n, mixed.cfg.latent), sampling, seed))
         rows["np_dpo, no labels"] = scored(seeded_answer(policy, prompts, prior, sampling, seed, cfg.strength))
-        wins: dict[str, dict[str, float]] = {}
         for c in range(cfg.contexts if d == "greedy" else 1):
-            for name, w in tqdm(USERS.items(), desc=f"steering users ({d}, context {c + 1})", unit="user"):
+            for name in tqdm(USERS, desc=f"steering users ({d}, context {c + 1})", unit="user"):
                 ep = contexts[name][c]
                 z = encoder.latent(ep.ctx, ep.ctx_mask).expand(n, -1)
-                key = f"np_dpo, {name}" + (f" (context {c + 1})" if c else "")
-                rows[key] = steered = scored(seeded_answer(policy, prompts, z, sampling, seed, cfg.strength))
-                if d == "greedy":
-                    zswap_rows[c][name] = steered.attributes
-                if c:
-                    continue
-                wins[name] = {"np_dpo": win_rate(w, steered, rows["base"])}
-                if cfg.in_context:
+                rows[row_key("np_dpo", name, c)] = scored(seeded_answer(policy, prompts, z, sampling, seed,
+                                                                        cfg.strength))
+                if c == 0 and cfg.in_context:
                     pairs = orient(bank.pairs.numpy()[ep.tgt_pair.numpy()[0]], ep.tgt_y.numpy()[0])
                     torch.manual_seed(seed)
-                    rows[f"in_context, {name}"] = in_ctx = scored(generate_base_shared_prefix(
+                    rows[row_key("in_context", name)] = scored(generate_base_shared_prefix(
                         policy, [in_context_prompt(bank, pairs[:, 0], pairs[:, 1], p) for p in prompts], sampling))
-                    wins[name]["in_context"] = win_rate(w, in_ctx, rows["base"])
-                if mixed is not None:
-                    wins[name] |= {"dpo_mixed": win_rate(w, rows["dpo_mixed"], rows["base"]),
-                                   "np_dpo_vs_dpo_mixed": win_rate(w, steered, rows["dpo_mixed"])}
-        out["decodings"][d] = {"win_rate": wins, "rows": {k: r.summary() for k, r in rows.items()}}
-        if d == "greedy":
-            references = {"base": rows["base"].attributes, "prior": rows["np_dpo, no labels"].attributes}
-            out["z_swap"] = [z_swap(zswap_rows[c], references) for c in range(cfg.contexts)]
+        out = add_decoding(out, d, rows)
+    return out
+
+
+def add_decoding(out: dict, d: str, rows: dict[str, ScoredAnswers]) -> dict:
+    """The win-rates of each user's rows against base (and NP-DPO head to head with DPO-mixed) and the row
+    summaries, filed under decoding d; for greedy also the z-swap in each context."""
+    wins: dict[str, dict[str, float]] = {}
+    for name, w in USERS.items():
+        wins[name] = {"np_dpo": win_rate(w, rows[row_key("np_dpo", name)], rows["base"])}
+        if row_key("in_context", name) in rows:
+            wins[name]["in_context"] = win_rate(w, rows[row_key("in_context", name)], rows["base"])
+        if "dpo_mixed" in rows:
+            wins[name] |= {"dpo_mixed": win_rate(w, rows["dpo_mixed"], rows["base"]),
+                           "np_dpo_vs_dpo_mixed": win_rate(w, rows[row_key("np_dpo", name)], rows["dpo_mixed"])}
+    out["decodings"][d] = {"win_rate": wins, "rows": {k: r.summary() for k, r in rows.items()}}
+    if d == "greedy":
+        references = {"base": rows["base"].attributes, "prior": rows["np_dpo, no labels"].attributes}
+        out["z_swap"] = [z_swap({name: rows[row_key("np_dpo", name, c)].attributes for name in USERS}, references)
+                         for c in range(out["contexts"])]
+    return out
+
+
+@torch.no_grad()
+def rescore(steer: dict, scorer: ConditionalPolicy, bank: Bank) -> dict:
+    """The answers a steering run stored, scored again with today's verdict and quality (no generation): when the
+    measuring stick changes, the same texts are re-read. Each row keeps its end-of-sequence record (a file that
+    stored only each row's share gives every answer that share)."""
+    prompts = test_prompts(bank, steer["prompts"])
+    kept = {k: v for k, v in steer.items() if k not in ("decodings", "z_swap", "targets")}
+    out = {"contexts": len(steer.get("z_swap", [])) or 1, **kept, "decodings": {}, "rescored": True}
+    for d, res in steer["decodings"].items():
+        rows = {}
+        for key, r in tqdm(res["rows"].items(), desc=f"re-scoring ({d})", unit="row"):
+            ended = r.get("ended") or [r["eos_share"]] * len(prompts)
+            rows[key] = score_answers(scorer, prompts, Answers(r["answers"], ended), steer["fluency_tokens"])
+        out = add_decoding(out, d, rows)
     return out
 
 

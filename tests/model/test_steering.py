@@ -1,4 +1,6 @@
 """The policy evaluation runs end to end on a tiny model and reports bounded, sensible figures."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,10 @@ def test_steering_report(tmp_path):
     bars = steering_tasks.targets(out)
     assert set(bars["greedy"]["np_dpo, concise"]) == {"junk", "fluency", "relevance", "win_vs_base", "win_vs_dpo_mixed"}
     assert out["corpus"]["responses"] > 0
+    stored = json.loads(json.dumps(out))  # as written to and read back from the run's JSON
+    same = steering_tasks.rescore(stored, pol, bank)  # the same verdict re-reads the same texts to the same numbers
+    assert json.dumps(same["decodings"]) == json.dumps(out["decodings"])  # (NaN fluency of short rows included)
+    assert same["z_swap"] == out["z_swap"] and same["rescored"]
     again = steering_tasks.steering(pol, enc, bank, GEN, mixed=pol)  # seeded: sampled rows are reproducible
     assert all(again["decodings"]["sampled"]["rows"][k]["answers"] == r["answers"]
                for k, r in out["decodings"]["sampled"]["rows"].items())

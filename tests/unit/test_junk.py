@@ -42,6 +42,22 @@ def test_fluent_emoji_still_warm():
     assert attributes.warm(FIXTURES["fluent"][2]) > 0.9
 
 
+def test_an_answer_that_dissolves_into_emoji_soup_is_junk():
+    """The recipe-3 warm policy's answers (50 test prompts, greedy): real sentences, then a run of emoji."""
+    soup = ("Awesome question! It really depends on your personal preferences and what you're looking for in "
+            "relationships. On the other hand having lots of casual friends is just as important but less so than "
+            "that...💪🏈❌️👍🎉😀🔬📚✨ 10-20% of your daily budget goes towards friendships (that's right there!)")
+    check = junk.check_text(soup)
+    assert check.junk and check.emoji_run == 9 and "emoji soup" in check.reason, check
+    french = "💥⚡️👍🎉🔈✨📣🐠 🌟 ☁️🕪♫🏋‰ 10€/café au lait à décoce! 😃👩8-"  # soup in any language
+    assert junk.check_text(french).junk
+    warm = "So glad you asked! 😊🌿 A little light and water go a long way. You've got this! 💪✨🎉"
+    family = ("Have a lovely trip together, and enjoy every slow morning by the sea! 👨‍👩‍👧‍👦👍🏽 Send us a photo "
+              "of the beach when you get there, and tell the kids we miss them. 🌊☀️")  # joiners, skin tones
+    assert junk.check_text(warm).emoji_run == 3 and not junk.check_text(warm).junk
+    assert junk.check_text(family).emoji_run == 5 and not junk.check_text(family).junk
+
+
 @pytest.mark.parametrize("text,reason", [
     ("", "empty"), ("   \n\t ", "empty"), ("🌿🌿🌿😊", "no words"), ("** | --- | **\n- \n1.", "no words"),
     ("plant plant water plant plant water plant plant water plant plant water plant plant water", "repeated"),
