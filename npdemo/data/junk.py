@@ -31,6 +31,8 @@ _MARKDOWN = [re.compile(p, re.M) for p in (
     r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$",           # horizontal rules and table separators
     r"\*\*|__|\|",                               # bold and table bars
 )]
+# Wider than the emoji `attributes` counts as warmth (the bank was scored with that set, so it stays): soup also
+# holds transport, map and extended pictographs (🚀, 🗺, 🦡).
 _EMOJI = ((0x1F000, 0x1F3FA), (0x1F400, 0x1FAFF), (0x2600, 0x27BF), (0x2300, 0x23FF), (0x2B00, 0x2BFF))
 _EMOJI_GLUE = set("\u200d\u200b\ufe0e\ufe0f\u20e3") | {chr(c) for c in range(0x1F3FB, 0x1F400)}  # joiners, skin tones
 _PLAIN = set(".,;:!?'\"()-\u2013\u2014\u2019\u201c\u201d\u2026/%$&")  # punctuation a sentence uses
