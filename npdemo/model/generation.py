@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from ..data.tokens import chat_text, common_prefix, encode, generate_after_prefix, left_pad
@@ -149,11 +150,13 @@ class Answers:
 
 
 def answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling,
-           strength: float = 1.0) -> Answers:
-    """Batched answers, row i conditioned on z[i] at one steering strength; z = None: the unsteered base model."""
+           strength: float = 1.0, progress: str | None = None) -> Answers:
+    """Batched answers, row i conditioned on z[i] at one steering strength; z = None: the unsteered base model.
+    `progress`: show a progress bar of that name over the decoding steps (a long batch)."""
     zs = [None] * len(prompts) if z is None else list(z)
-    collector = row_tokens(policy, len(prompts))
-    generate_rows(policy, prompts, zs, sampling, collector, [strength] * len(prompts))
+    with tqdm(total=sampling.max_new_tokens, desc=progress, unit="token", disable=progress is None) as bar:
+        collector = row_tokens(policy, len(prompts), None if progress is None else lambda _: bar.update())
+        generate_rows(policy, prompts, zs, sampling, collector, [strength] * len(prompts))
     return Answers(collector.texts(), list(collector.finished))
 
 

@@ -88,29 +88,40 @@ def check_film(policy: ConditionalPolicy, directory: Path) -> None:
                                           "checkpoint is damaged; retrain with `python -m npdemo.train policy`")
 
 
+def check_base(manifest: dict, lm: LoadedModel, directory: Path) -> None:
+    """The checkpoint must have been trained on the loaded base weights."""
+    base, fp = manifest["base_model"], fingerprint(lm.model)
+    if fp != base["fingerprint"]:
+        raise checkpoints.CheckpointError(
+            f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
+            f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
+
+
+def load_weights(policy: ConditionalPolicy, directory: Path, manifest: dict) -> None:
+    """Strictly load a checkpoint's LoRA (and FiLM, when conditioned) into `policy`, in place."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
+    set_peft_model_state_dict(policy.model, lora)
+    if manifest.get("conditioned", True):
+        checkpoints.load_into(directory, "film", policy.film)
+
+
 def load_policy(directory: Path, lm: LoadedModel, old_recipe: bool = False
                 ) -> tuple[ConditionalPolicy, ContextEncoder | None]:
     """Strictly load a policy checkpoint onto `lm`; a checkpoint trained on other base weights, of an older recipe
     (unless `old_recipe`) or with non-finite FiLM outputs is refused.
 
     Returns the policy and its context encoder (None for an unconditioned policy, whose FiLM stays identity)."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
     manifest = checkpoints.read_manifest(directory, "policy")
     check_recipe(manifest, directory, old_recipe)
-    base, fp = manifest["base_model"], fingerprint(lm.model)
-    if fp != base["fingerprint"]:
-        raise checkpoints.CheckpointError(
-            f"{directory} was trained on {base['name']!r} (weights {base['fingerprint']}), but the loaded model "
-            f"{lm.name!r} has weights {fp}: load the same base model or retrain with `python -m npdemo.train policy`")
+    check_base(manifest, lm, directory)
     policy = ConditionalPolicy(lm, PolicyConfig(**{"film_bound": None, "film_squash": "scaled",
                                                    **manifest["config"]["policy"]}))
-    lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
-    set_peft_model_state_dict(policy.model, lora)
+    load_weights(policy, directory, manifest)
     if not manifest.get("conditioned", True):
         return policy, None
     encoder = ContextEncoder(EncoderConfig(**manifest["config"]["encoder"]))
-    checkpoints.load_into(directory, "film", policy.film)
     checkpoints.load_into(directory, "encoder", encoder)
     check_film(policy, directory)
     return policy, encoder.eval()

@@ -23,7 +23,7 @@ from ..data.bank import Bank
 from ..data.episodes import Episodes, orient
 from ..data.users import bank_shared, sample_users
 from ..model.context_encoder import ContextEncoder
-from ..model.logprobs import encode_rows, logprobs, reference_logprobs
+from ..model.logprobs import Rows, encode_rows, logprobs, reference_logprobs
 from ..model.losses import dpo_loss, rpo_loss
 from ..model.policy import ConditionalPolicy
 from . import distributed
@@ -96,6 +96,32 @@ def disable_cpu_weight_packing(model: torch.nn.Module) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
+def trainable(policy: ConditionalPolicy) -> list[torch.nn.Parameter]:
+    """What NP-DPO trains: the LoRA adapters, then FiLM (FiLM gets no gradient when not conditioned)."""
+    return [p for p in policy.model.parameters() if p.requires_grad] + list(policy.film.parameters())
+
+
+def dpo_update(policy: ConditionalPolicy, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+               chosen: Rows, rejected: Rows, ref_c: torch.Tensor, ref_r: torch.Tensor, z: torch.Tensor, cfg: DPOConfig,
+               n_pairs: int, ranks: distributed.Ranks = distributed.Ranks()) -> torch.Tensor:
+    """One optimiser step of DPO + RPO on these pairs (z: their latents, unused when not conditioned); the loss is
+    the mean over the step's `n_pairs` pairs on all ranks. Returns (loss, implicit-reward hits, chosen per-token
+    NLL), each summed over the pairs and ranks."""
+    lp = logprobs(policy, chosen + rejected, torch.cat([z, z]).to(policy.lm.device) if cfg.conditioned else None)
+    pi_c, pi_r = lp.chunk(2)
+    losses, rc, rr = dpo_loss(pi_c, pi_r, ref_c.to(lp), ref_r.to(lp), cfg.beta)
+    n_tok = torch.tensor([len(ids) - start for ids, start in chosen])
+    nll = -pi_c.detach() / n_tok
+    losses = rpo_loss(losses, pi_c, n_tok, cfg.rpo_alpha)
+    opt.zero_grad(set_to_none=True)
+    (losses.sum() / n_pairs).backward()
+    distributed.sum_gradients(params, ranks)
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    return distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item(), nll.sum().item()]),
+                                  ranks)
+
+
 def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
     """Where an unfinished run keeps its state; the name pins the run's config and reference."""
     key = json.dumps([asdict(cfg), ref_key], sort_keys=True, default=str)
@@ -125,7 +151,7 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
     if ranks.main:
         distributed.barrier(ranks)
     mine = ranks.users(cfg.users)
-    params = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.film.parameters())
+    params = trainable(policy)
     encoder.requires_grad_(cfg.train_encoder)
     if cfg.train_encoder:
         params += list(encoder.parameters())
@@ -155,19 +181,8 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
             z = encoder.latent(ep.ctx, ep.ctx_mask)[user]  # (P, Z), one latent per target pair
         keep = np.isin(user, mine)  # this rank's users' pairs (all of them in one process)
         c, r, z = c[keep], r[keep], z[torch.from_numpy(keep)]
-        lp = logprobs(policy, [rows[i] for i in c] + [rows[i] for i in r],
-                      torch.cat([z, z]).to(policy.lm.device) if cfg.conditioned else None)
-        pi_c, pi_r = lp.chunk(2)
-        losses, rc, rr = dpo_loss(pi_c, pi_r, ref[c].to(lp), ref[r].to(lp), cfg.beta)
-        nll = -pi_c.detach() / (n_tok := torch.tensor([len(rows[i][0]) - rows[i][1] for i in c]))
-        losses = rpo_loss(losses, pi_c, n_tok, cfg.rpo_alpha)
-        opt.zero_grad(set_to_none=True)
-        (losses.sum() / len(keep)).backward()  # the mean over the whole step's pairs, summed across ranks
-        distributed.sum_gradients(params, ranks)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        stats = distributed.sum_across(torch.tensor([losses.sum().item(), (rc > rr).sum().item(),
-                                                  nll.sum().item()]), ranks)
+        stats = dpo_update(policy, opt, params, [rows[i] for i in c], [rows[i] for i in r], ref[c], ref[r], z, cfg,
+                           len(keep), ranks)
         window.append((stats / len(keep)).tolist())
         if step % log_every == 0 or step == cfg.steps:
             loss, acc, chosen_nll = np.mean(window, axis=0)

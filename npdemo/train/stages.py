@@ -20,13 +20,14 @@ from ..data.quality_scores import QUALITY
 from ..model import checkpoints
 from ..model.context_encoder import EncoderConfig
 from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
-from ..model.policy_checkpoint import reward_pairing, save_policy
+from ..model.policy_checkpoint import check_base, load_weights, reward_pairing, save_policy
 from ..model.logprobs import reference_key
 from ..model.reward import RewardConfig, build_reward_model, load_reward_model
-from . import corpus_build, distributed, dpo
+from . import corpus_build, distributed, dpo, onpolicy
 from .bank_build import build_quality, embed_corpus
 from .corpus_build import CorpusConfig
 from .dpo import DPOConfig
+from .onpolicy import OnPolicyConfig
 from .fit import FitConfig, fit
 
 
@@ -143,17 +144,40 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 
 
 @dataclass
-class PolicyTrainConfig(LoRAConfig, DPOConfig):
-    """The DPO recipe plus the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
+class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
+    """The DPO recipe (off-policy steps, and the on-policy rounds of the ablation) plus the policy's LoRA settings
+    (its latent size comes from the NP-BTL encoder)."""
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
     quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)
     film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
     film_squash: str = "soft"  # "soft" clamp s tanh(x / s) (recipe 3) or recipe 2's "scaled" s tanh(x) (ablation)
     out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
+    offpolicy_from: str = ""  # with --rounds: a recipe-3 checkpoint of this config's off-policy steps, run only the rounds
 
     def policy_config(self, latent: int) -> PolicyConfig:
         return PolicyConfig(latent=latent, film_bound=self.film_bound or None, film_squash=self.film_squash,
                             **{f.name: getattr(self, f.name) for f in fields(LoRAConfig)})
+
+
+def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainConfig) -> list[dict]:
+    """Load the off-policy steps' weights from a recipe-3 checkpoint trained with cfg's off-policy settings (so the
+    rounds need not wait for them again); returns its training log."""
+    manifest = checkpoints.read_manifest(directory, "policy")
+    check_base(manifest, pol.lm, directory)
+    own = {f.name: getattr(cfg, f.name) for f in fields(DPOConfig) if f.name != "snapshot_every"}
+    own |= {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
+    theirs = {k: manifest["train"].get(k) for k in own if not k.startswith("policy.")}
+    theirs |= {f"policy.{k}": v for k, v in {**asdict(pol.cfg), **manifest["config"]["policy"]}.items()}
+    recipes = (3,) if cfg.conditioned else (2, 3)  # DPO-mixed has no FiLM: its recipes 2 and 3 are one
+    differ = {k: v for k, v in theirs.items() if v != own[k]}
+    if manifest.get("train", {}).get("rounds"):
+        differ["rounds"] = manifest["train"]["rounds"]  # it ran rounds already: not the off-policy steps alone
+    if manifest.get("recipe") not in recipes or manifest.get("conditioned", True) != cfg.conditioned or differ:
+        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-3 {'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
+                         f" checkpoint of this run's off-policy settings (recipe {manifest.get('recipe')}; it has "
+                         f"{differ or 'the same settings'})")
+    load_weights(pol, directory, manifest)
+    return manifest.get("log", [])
 
 
 def train_policy(cfg: PolicyTrainConfig) -> list[str]:
@@ -178,10 +202,18 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
                            bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
                            train_seconds=round(time.time() - start, 1))
 
-    log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=reference_key(lm, bank, cfg.max_tokens),
-                        ranks=ranks, snapshot=lambda step, log: save(out.with_name(f"{out.name}-step{step}"), log))
+    ref_key = reference_key(lm, bank, cfg.max_tokens)
+    if cfg.offpolicy_from:
+        log = offpolicy_weights(pol, Path(cfg.offpolicy_from), cfg)
+    elif cfg.rounds and onpolicy.has_state(cfg, cfg, ref_key):
+        log = []  # an interrupted run of rounds: its cached state holds the off-policy weights and log
+    else:
+        log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=ref_key, ranks=ranks,
+                            snapshot=lambda step, log: save(out.with_name(f"{out.name}-step{step}"), log))
     if not ranks.main:
-        return []
+        return []  # the rounds generate text: they run in the main process only
+    if cfg.rounds:
+        log = onpolicy.train_rounds(pol, np_btl.encoder, bank, cfg, cfg, ref_key, log)
     path = save(out, log)
     return [str(path.parent)]
 

@@ -9,6 +9,7 @@ from conftest import make_tiny_lm, text_bank
 from npdemo import config
 from npdemo.evaluate import policy_tasks as steering
 from npdemo.evaluate import steering_tasks
+from npdemo.model.answer_scores import ScoredAnswers
 from npdemo.model.context_encoder import ContextEncoder, EncoderConfig
 from npdemo.model.in_context import in_context_prompt
 from npdemo.model.policy import ConditionalPolicy, PolicyConfig
@@ -102,7 +103,7 @@ def test_win_rate_counts_junk_as_a_loss():
     """By hand: prompt 1 both real (ours better), 2 ours junk, 3 the other's junk, 4 both junk."""
     def answers(concise, junk):
         n = len(junk)
-        return steering_tasks.ScoredAnswers([""] * n, np.ones(n, bool), np.column_stack([concise, np.zeros((n, 2))]),
+        return ScoredAnswers([""] * n, np.ones(n, bool), np.column_stack([concise, np.zeros((n, 2))]),
                                       np.full(n, 2.0), np.full(n, 0.5), np.array(junk))
     ours = answers([0.9, 0.0, 0.2, 0.0], [False, True, False, True])
     other = answers([0.1, 0.9, 0.0, 0.0], [False, False, True, True])

@@ -1,0 +1,171 @@
+"""On-policy NP-DPO rounds (`--rounds N`, an ablation; not in the shipped recipe 3, README says why): the policy's
+own answers, ranked by each simulated user's reward, become the DPO pairs of the next steps.
+
+Corpus pairs never show the policy its own failures. Recipe 3's warm user ended 7 of 50 greedy test answers in
+emoji soup that no corpus response holds, and off-policy DPO cannot push down text it never scores. So after the
+off-policy steps, each round: simulated train users label `round_context` pairs (their z); the policy answers
+train prompts twice, greedy and with the app's default sampling; the user's quality-aware reward ranks the two
+(junk loses to any real answer: `npdemo.model.answer_scores`); DPO + RPO trains on (better, worse). The better
+answer is the policy's own text, so the RPO term anchors what the policy already writes well.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import config
+from ..data.bank import Bank
+from ..data.tokens import chat_ids
+from ..data.users import sample_users
+from ..model.answer_scores import ScoredAnswers, score_answers
+from ..model.context_encoder import ContextEncoder
+from ..model.generation import Answers, Sampling, answer
+from ..model.logprobs import Rows, logprobs
+from ..model.policy import ConditionalPolicy
+from .dpo import DPOConfig, dpo_update, trainable
+
+
+@dataclass
+class OnPolicyConfig:
+    rounds: int = 0               # generate-then-train rounds after the off-policy steps (0: recipe 3, shipped)
+    round_users: int = 48         # simulated train users per round, each with its own z
+    round_prompts: int = 3        # train prompts each user answers, twice (greedy and sampled)
+    round_context: int = 10       # labelled pairs behind each user's z: the app's count
+    round_tokens: int = 160       # new tokens per answer
+    round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
+
+
+@dataclass
+class RoundPairs:
+    """One round's pairs: token rows of the better and worse answer, their reference log-probs and latents."""
+    chosen: Rows
+    rejected: Rows
+    ref_chosen: torch.Tensor  # (P,)
+    ref_rejected: torch.Tensor  # (P,)
+    z: torch.Tensor           # (P, Z)
+    stats: dict               # what the round's answers were like (junk shares, pairs kept)
+
+
+def answer_rows(policy: ConditionalPolicy, prompts: list[str], answers: Answers) -> Rows:
+    """Token rows of generated answers in their chat context; an answer that ended on its own gets its EOS."""
+    eos = policy.tokenizer.eos_token_id
+    rows = []
+    for p, text, ended in zip(prompts, answers.texts, answers.ended):
+        ids, start = chat_ids(policy.tokenizer, p, text)
+        rows.append((ids + [eos] * ended, start))
+    return rows
+
+
+@torch.no_grad()
+def reference_of(policy: ConditionalPolicy, rows: Rows, batch: int = 16) -> torch.Tensor:
+    """log ref(answer | prompt) of each row: the base model (LoRA and FiLM off)."""
+    with policy.reference():
+        return torch.cat([logprobs(policy, rows[i:i + batch], None).float().cpu()
+                          for i in tqdm(range(0, len(rows), batch), desc="reference log-probs")])
+
+
+def rank_answers(w: np.ndarray, a: ScoredAnswers, b: ScoredAnswers, min_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows make a pair, and whether a won. A pair needs a reward gap of at least min_gap for its user (w: one
+    row per answer) and a winner that is not junk: RPO raises the chosen answer's likelihood, so it must be text
+    worth writing; a junk loser is what the rounds are for."""
+    gap = a.reward(w) - b.reward(w)
+    winner_junk = np.where(gap > 0, a.junk, b.junk)
+    return (np.abs(gap) >= min_gap) & ~winner_junk, gap > 0
+
+
+@torch.no_grad()
+def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
+                conditioned: bool, rng: np.random.Generator, seed: int) -> RoundPairs:
+    """Draw users and prompts, let the policy answer them (greedy and sampled), and rank each user's two answers."""
+    U, P = cfg.round_users, cfg.round_prompts
+    ep, w, _ = sample_users(bank, "train", U, cfg.round_context, np.full(U, cfg.round_context), rng)
+    pool = sorted({r["prompt"] for r in bank.records if r["split"] == "train"})
+    prompts = [pool[i] for _ in range(U) for i in rng.choice(len(pool), P, replace=False)]
+    user = np.repeat(np.arange(U), P)
+    z = encoder.latent(ep.ctx, ep.ctx_mask)[torch.from_numpy(user)]
+    steer = z if conditioned else torch.zeros_like(z)  # DPO-mixed: identity FiLM, its LoRA on
+    policy.model.eval()
+    greedy = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens, greedy=True),
+                    progress=f"{len(prompts)} greedy answers")
+    torch.manual_seed(seed)
+    sampled = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens),
+                     progress=f"{len(prompts)} sampled answers")
+    a, b = score_answers(policy, prompts, greedy), score_answers(policy, prompts, sampled)
+    keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap)
+    rows_a, rows_b = answer_rows(policy, prompts, greedy), answer_rows(policy, prompts, sampled)
+    ref_a, ref_b = reference_of(policy, rows_a), reference_of(policy, rows_b)
+    idx = np.flatnonzero(keep)
+    won = torch.from_numpy(a_won[idx])
+    stats = {"answers": 2 * len(prompts), "junk_greedy": int(a.junk.sum()), "junk_sampled": int(b.junk.sum()),
+             "pairs": int(len(idx)), "greedy_won": int(won.sum())}
+    return RoundPairs([rows_a[i] if a_won[i] else rows_b[i] for i in idx],
+                      [rows_b[i] if a_won[i] else rows_a[i] for i in idx],
+                      torch.where(won, ref_a[idx], ref_b[idx]), torch.where(won, ref_b[idx], ref_a[idx]),
+                      z[torch.from_numpy(idx)], stats)
+
+
+def _state_path(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> Path:
+    """Where the rounds keep their state between rounds; the name pins both configs and the reference."""
+    key = json.dumps([asdict(cfg), asdict(dpo_cfg), ref_key], sort_keys=True, default=str)
+    return config.CACHE / "dpo" / f"onpolicy-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def has_state(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> bool:
+    """An unfinished run of rounds is cached: the off-policy steps before it are done (their weights are in it)."""
+    return _state_path(cfg, dpo_cfg, ref_key).is_file()
+
+
+def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
+                 dpo_cfg: DPOConfig, ref_key: str, log: list[dict]) -> list[dict]:
+    """Run cfg.rounds on-policy rounds after the off-policy steps whose `log` is given; returns the whole log.
+
+    The weights, optimiser and log are cached before the first round and after each one, so an interrupted run
+    resumes at its last finished round (off-policy steps included). One process: generation is not sharded."""
+    params = trainable(policy)
+    opt = torch.optim.AdamW(params, lr=dpo_cfg.lr, weight_decay=0.0)
+    lora = [p for p in policy.model.parameters() if p.requires_grad]
+    path, first = _state_path(cfg, dpo_cfg, ref_key), 0
+    if path.is_file():
+        state = torch.load(path, weights_only=False)
+        policy.film.load_state_dict(state["film"])
+        opt.load_state_dict(state["opt"])
+        with torch.no_grad():
+            for p, saved in zip(lora, state["lora"]):
+                p.copy_(saved)
+        log, first = state["log"], state["round"]
+        print(f"resuming {path.name} at on-policy round {first + 1}")
+
+    def save(done: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"round": done, "log": log, "film": policy.film.state_dict(), "opt": opt.state_dict(),
+                    "lora": [p.detach().clone() for p in lora]}, path)
+
+    save(first)
+    per_step = dpo_cfg.users * dpo_cfg.pairs_per_user
+    step = log[-1]["step"] if log else 0
+    for r in range(first, cfg.rounds):
+        rng = np.random.default_rng([dpo_cfg.seed, r])
+        pairs = round_pairs(policy, encoder, bank, cfg, dpo_cfg.conditioned, rng, seed=dpo_cfg.seed + r)
+        print(f"on-policy round {r + 1}: {pairs.stats}")
+        policy.model.train()
+        order = rng.permutation(len(pairs.chosen))
+        window = []
+        for s in tqdm(range(0, len(order), per_step), desc=f"on-policy round {r + 1}/{cfg.rounds}"):
+            i = order[s:s + per_step]
+            stats = dpo_update(policy, opt, params, [pairs.chosen[j] for j in i], [pairs.rejected[j] for j in i],
+                               pairs.ref_chosen[i], pairs.ref_rejected[i], pairs.z[i], dpo_cfg, len(i))
+            window.append((stats / len(i)).tolist())
+            step += 1
+        policy.model.eval()
+        loss, acc, chosen_nll = np.mean(window, axis=0) if window else (np.nan,) * 3
+        log.append({"step": step, "round": r + 1, "loss": float(loss), "implicit_reward_acc": float(acc),
+                    "chosen_nll": float(chosen_nll), **pairs.stats})
+        save(r + 1)
+    path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
+    return log

@@ -1,0 +1,84 @@
+"""On-policy rounds: the user's reward ranks the policy's two answers, junk never wins, and a round trains."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_lm, text_bank
+from npdemo import config
+from npdemo.data.users import JUNK_PENALTY, QUALITY_WEIGHT
+from npdemo.model.answer_scores import ScoredAnswers
+from npdemo.model.context_encoder import ContextEncoder, EncoderConfig
+from npdemo.model.generation import Answers
+from npdemo.model.policy import ConditionalPolicy, PolicyConfig
+from npdemo.train import onpolicy
+from npdemo.train.dpo import DPOConfig
+
+
+def scored(concise: list[float], junk: list[bool]) -> ScoredAnswers:
+    n = len(concise)
+    attrs = np.column_stack([concise, np.zeros(n), np.full(n, 0.5)])
+    return ScoredAnswers([""] * n, np.ones(n, bool), attrs, np.full(n, 2.0), np.full(n, 0.6), np.array(junk))
+
+
+def test_the_users_reward_ranks_the_answers_and_junk_never_wins():
+    # rows: a clearly more concise; a near tie; b junk; both junk (a "wins" on its concise score alone)
+    a, b = scored([0.9, 0.50, 0.2, 0.3], [False, False, False, True]), scored([0.3, 0.52, 0.8, 0.1], [False, False, True, True])
+    w = np.array([[1.0, 0, 0], [1, 0, 0], [1, 0, 0], [0.5, 0, 0.5]])
+    keep, a_won = onpolicy.rank_answers(w, a, b, min_gap=0.05)
+    # hand-computed gaps: 0.6, -0.02, -0.6 + 0.95 (b pays the junk penalty), 0.1 (both pay it)
+    gap = a.reward(w) - b.reward(w)
+    assert np.allclose(gap, [0.6, -0.02, -0.6 + JUNK_PENALTY, 0.1])
+    assert QUALITY_WEIGHT > 0 and keep.tolist() == [True, False, True, False] and a_won.tolist() == [True, False, True, True]
+
+
+def test_an_answer_row_gets_its_eos_only_if_it_ended():
+    policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
+    rows = onpolicy.answer_rows(policy, ["Hi?", "Hi?"], Answers(["Hello there.", "Hello there."], [True, False]))
+    eos = policy.tokenizer.eos_token_id
+    assert rows[0][0][:-1] == rows[1][0] and rows[0][0][-1] == eos and rows[0][1] == rows[1][1]
+
+
+def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE", tmp_path)
+    torch.manual_seed(0)
+    policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+    encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
+    film_before = [p.detach().clone() for p in policy.film.parameters()]
+    cfg = onpolicy.OnPolicyConfig(rounds=1, round_users=3, round_prompts=2, round_context=2, round_tokens=6,
+                                  round_min_gap=0.0)
+    log = onpolicy.train_rounds(policy, encoder, text_bank(), cfg, DPOConfig(users=2, lr=1e-2), "test",
+                                [{"step": 5}])
+    entry = log[-1]
+    assert len(log) == 2 and entry["round"] == 1 and entry["answers"] == 12
+    assert 0 <= entry["pairs"] <= 6 and entry["junk_greedy"] + entry["junk_sampled"] <= 12
+    moved = any(not torch.equal(x, y) for x, y in zip(film_before, policy.film.parameters()))
+    assert moved == (entry["pairs"] > 0)
+    assert entry["step"] == 5 + -(-entry["pairs"] // 2)
+    assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
+
+
+def test_rounds_start_only_from_a_recipe_3_checkpoint_of_the_same_offpolicy_settings(tmp_path):
+    import json
+    from dataclasses import asdict, replace
+
+    from npdemo.model.policy_checkpoint import save_policy
+    from npdemo.train.stages import PolicyTrainConfig, offpolicy_weights
+
+    cfg = PolicyTrainConfig(lora_r=4)
+    trained = ConditionalPolicy(make_tiny_lm(), cfg.policy_config(8))
+    with torch.no_grad():
+        trained.film.gamma.weight.normal_()
+    save_policy(trained, ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8)), tmp_path / "r3",
+                train=asdict(cfg), log=[{"step": 240}])
+    manifest_path = tmp_path / "r3" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    fresh = ConditionalPolicy(make_tiny_lm(), cfg.policy_config(8))
+    for changed, reason in (({"recipe": 2}, "recipe 2"), ({"train": {**manifest["train"], "rounds": 2}}, "'rounds': 2")):
+        manifest_path.write_text(json.dumps({**manifest, **changed}))  # recipe 2's FiLM; rounds already run
+        with pytest.raises(SystemExit, match=reason):
+            offpolicy_weights(fresh, tmp_path / "r3", cfg)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="'steps': 240"):  # another off-policy run than this one's
+        offpolicy_weights(fresh, tmp_path / "r3", replace(cfg, steps=80))
+    assert offpolicy_weights(fresh, tmp_path / "r3", cfg) == [{"step": 240}]
+    assert torch.equal(fresh.film.gamma.weight, trained.film.gamma.weight)
