@@ -122,6 +122,24 @@ def dpo_update(policy: ConditionalPolicy, opt: torch.optim.Optimizer, params: li
                                   ranks)
 
 
+def save_run_state(path: Path, policy: ConditionalPolicy, modules: dict, **extra) -> None:
+    """An unfinished run's state: the LoRA weights, `modules`' state dicts (FiLM, optimiser, ...) and `extra`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lora = [p.detach().clone() for p in policy.model.parameters() if p.requires_grad]
+    torch.save({**extra, "lora": lora, **{name: m.state_dict() for name, m in modules.items()}}, path)
+
+
+def load_run_state(path: Path, policy: ConditionalPolicy, modules: dict) -> dict:
+    """Put a saved run state back into the policy's LoRA and `modules`; returns the state (its `extra` too)."""
+    state = torch.load(path, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    with torch.no_grad():
+        for p, saved in zip([p for p in policy.model.parameters() if p.requires_grad], state["lora"]):
+            p.copy_(saved)
+    return state
+
+
 def _state_path(cfg: DPOConfig, ref_key: str) -> Path:
     """Where an unfinished run keeps its state; the name pins the run's config and reference."""
     key = json.dumps([asdict(cfg), ref_key], sort_keys=True, default=str)
@@ -157,15 +175,9 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
         params += list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     modules = {"film": policy.film, "encoder": encoder, "opt": opt}
-    lora = [p for p in policy.model.parameters() if p.requires_grad]
     state_path, log, first = _state_path(cfg, ref_key), [], 1
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        with torch.no_grad():
-            for p, saved in zip(lora, state["lora"]):
-                p.copy_(saved)
+        state = load_run_state(state_path, policy, modules)
         log, first = state["log"], state["step"] + 1
         torch.set_rng_state(state["torch_rng"])
         print(f"resuming {state_path.name} at step {first}")
@@ -196,8 +208,7 @@ def train_dpo(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cf
                 and step < cfg.steps:
             snapshot(step, log)
         if ranks.main and step % save_every == 0 and step < cfg.steps:
-            torch.save({"step": step, "log": log, "torch_rng": torch.get_rng_state(), "lora": [p.detach().clone() for p in lora],
-                        **{name: m.state_dict() for name, m in modules.items()}}, state_path)
+            save_run_state(state_path, policy, modules, step=step, log=log, torch_rng=torch.get_rng_state())
     policy.model.eval()
     encoder.eval().requires_grad_(False)
     if ranks.main:

@@ -28,7 +28,7 @@ from ..model.context_encoder import ContextEncoder
 from ..model.generation import Answers, Sampling, answer
 from ..model.logprobs import Rows, logprobs
 from ..model.policy import ConditionalPolicy
-from .dpo import DPOConfig, dpo_update, trainable
+from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainable
 
 
 @dataclass
@@ -65,6 +65,8 @@ def answer_rows(policy: ConditionalPolicy, prompts: list[str], answers: Answers)
 @torch.no_grad()
 def reference_of(policy: ConditionalPolicy, rows: Rows, batch: int = 16) -> torch.Tensor:
     """log ref(answer | prompt) of each row: the base model (LoRA and FiLM off)."""
+    if not rows:
+        return torch.zeros(0)
     with policy.reference():
         return torch.cat([logprobs(policy, rows[i:i + batch], None).float().cpu()
                           for i in tqdm(range(0, len(rows), batch), desc="reference log-probs")])
@@ -99,14 +101,12 @@ def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, 
     a, b = score_answers(policy, prompts, greedy), score_answers(policy, prompts, sampled)
     keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap)
     rows_a, rows_b = answer_rows(policy, prompts, greedy), answer_rows(policy, prompts, sampled)
-    ref_a, ref_b = reference_of(policy, rows_a), reference_of(policy, rows_b)
     idx = np.flatnonzero(keep)
-    won = torch.from_numpy(a_won[idx])
+    chosen = [rows_a[i] if a_won[i] else rows_b[i] for i in idx]
+    rejected = [rows_b[i] if a_won[i] else rows_a[i] for i in idx]
     stats = {"answers": 2 * len(prompts), "junk_greedy": int(a.junk.sum()), "junk_sampled": int(b.junk.sum()),
-             "pairs": int(len(idx)), "greedy_won": int(won.sum())}
-    return RoundPairs([rows_a[i] if a_won[i] else rows_b[i] for i in idx],
-                      [rows_b[i] if a_won[i] else rows_a[i] for i in idx],
-                      torch.where(won, ref_a[idx], ref_b[idx]), torch.where(won, ref_b[idx], ref_a[idx]),
+             "pairs": int(len(idx)), "greedy_won": int(a_won[idx].sum())}
+    return RoundPairs(chosen, rejected, reference_of(policy, chosen), reference_of(policy, rejected),
                       z[torch.from_numpy(idx)], stats)
 
 
@@ -129,24 +129,13 @@ def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
     resumes at its last finished round (off-policy steps included). One process: generation is not sharded."""
     params = trainable(policy)
     opt = torch.optim.AdamW(params, lr=dpo_cfg.lr, weight_decay=0.0)
-    lora = [p for p in policy.model.parameters() if p.requires_grad]
+    modules = {"film": policy.film, "opt": opt}
     path, first = _state_path(cfg, dpo_cfg, ref_key), 0
     if path.is_file():
-        state = torch.load(path, weights_only=False)
-        policy.film.load_state_dict(state["film"])
-        opt.load_state_dict(state["opt"])
-        with torch.no_grad():
-            for p, saved in zip(lora, state["lora"]):
-                p.copy_(saved)
+        state = load_run_state(path, policy, modules)
         log, first = state["log"], state["round"]
         print(f"resuming {path.name} at on-policy round {first + 1}")
-
-    def save(done: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"round": done, "log": log, "film": policy.film.state_dict(), "opt": opt.state_dict(),
-                    "lora": [p.detach().clone() for p in lora]}, path)
-
-    save(first)
+    save_run_state(path, policy, modules, round=first, log=log)
     per_step = dpo_cfg.users * dpo_cfg.pairs_per_user
     step = log[-1]["step"] if log else 0
     for r in range(first, cfg.rounds):
@@ -166,6 +155,6 @@ def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
         loss, acc, chosen_nll = np.mean(window, axis=0) if window else (np.nan,) * 3
         log.append({"step": step, "round": r + 1, "loss": float(loss), "implicit_reward_acc": float(acc),
                     "chosen_nll": float(chosen_nll), **pairs.stats})
-        save(r + 1)
+        save_run_state(path, policy, modules, round=r + 1, log=log)
     path.unlink(missing_ok=True)  # finished: the caller saves the checkpoint
     return log

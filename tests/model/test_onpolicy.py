@@ -82,3 +82,27 @@ def test_rounds_start_only_from_a_recipe_3_checkpoint_of_the_same_offpolicy_sett
         offpolicy_weights(fresh, tmp_path / "r3", replace(cfg, steps=80))
     assert offpolicy_weights(fresh, tmp_path / "r3", cfg) == [{"step": 240}]
     assert torch.equal(fresh.film.gamma.weight, trained.film.gamma.weight)
+
+
+def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE", tmp_path)
+    cfg = onpolicy.OnPolicyConfig(rounds=2, round_users=2, round_prompts=1, round_context=2, round_tokens=4)
+    real, calls = onpolicy.round_pairs, {"n": 0, "fail_at": 2}
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onpolicy, "round_pairs", counted)
+    policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+    encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
+    args = (policy, encoder, text_bank(), cfg, DPOConfig(users=2), "test")
+    with pytest.raises(KeyboardInterrupt):  # dies in round 2, after round 1 was saved
+        onpolicy.train_rounds(*args, [{"step": 5}])
+    assert list(tmp_path.glob("dpo/onpolicy-*.pt"))
+    calls["n"], calls["fail_at"] = 0, None
+    log = onpolicy.train_rounds(*args, [])  # the cached state brings back the log given to the first call
+    assert calls["n"] == 1 and [e.get("round") for e in log] == [None, 1, 2] and log[0] == {"step": 5}
+    assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
