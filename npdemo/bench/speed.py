@@ -1,7 +1,7 @@
 """The speed benchmark (`python -m npdemo.bench speed`).
 
 In one process and one run, per precision (int4, NF4, bf16): load time, plain Hugging Face `generate` tokens/s
-(no peft, no hooks) on the freshly loaded model, then npdemo's: time to first streamed text, decode tokens/s
+(no LoRA, no hooks) on the freshly loaded model, then npdemo's: time to first streamed text, decode tokens/s
 unsteered vs FiLM-steered (LoRA on, every decoder layer modulated), the prefill of 4 prompts, 4 visitors at once
 each asking for a steered and a base answer (one after another under the policy lock vs merged by the app's
 batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, the CPU's flags, and
@@ -75,6 +75,15 @@ def time_generate(model, lm: base_model.LoadedModel, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def time_stream(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
+    """Tokens/s of one streamed answer (up to n tokens, greedy): what a visitor sees, generated in the streamer's
+    worker thread, not the calling one."""
+    start, steps = time.perf_counter(), 0
+    for steps, _ in enumerate(streamer.stream(PROMPT, z, Sampling(max_new_tokens=n, greedy=True)), 1):
+        pass
+    return steps / (time.perf_counter() - start)
+
+
 def time_decode(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
     """npdemo's tokens/s: the policy under the streamer's lock, steered by z (None: LoRA and FiLM off)."""
     policy = streamer.policy
@@ -88,8 +97,7 @@ def time_prefill(policy: ConditionalPolicy, rows: int, z: torch.Tensor) -> float
     ids = prompt_tensor(policy.lm, rows)
     start = time.perf_counter()
     with policy.conditioned(list(z.expand(rows, -1))):
-        policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=policy.adapter_names(
-            [z] * rows))
+        policy.model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return time.perf_counter() - start
 
 
@@ -132,6 +140,7 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     for name, zz in (("unsteered", None), ("steered", z)):
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(streamer, zz) for _ in range(repeats))
         out[f"tok_s_{name}"] = statistics.median(time_decode(streamer, zz, new_tokens) for _ in range(repeats))
+    out["tok_s_streamed"] = statistics.median(time_stream(streamer, z, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
     out["overhead_vs_plain_hf"] = plain / out["tok_s_steered"] - 1
     out["prefill_4_s"] = statistics.median(time_prefill(policy, 4, z) for _ in range(repeats))
@@ -177,12 +186,13 @@ def run_speed(args) -> dict:
         prompt_ids(AutoTokenizer.from_pretrained(base_model.resolve())), threads, args.new_tokens, args.repeats)
     print(f"\nSpeed on {rows[0]['device']} ({threads} threads; CPU flags: {' '.join(shown) or 'none of note'}), "
           f"{args.new_tokens} new tokens, greedy, median of {args.repeats}:")
-    print("| precision | load s | plain HF tok/s | npdemo tok/s (base / steered) | steered vs plain HF | TTFT s (base / "
-          "steered) | 4-prompt prefill s | RSS MB | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| precision | load s | plain HF tok/s | npdemo tok/s (base / steered) | steered vs plain HF | steered, "
+          "streamed tok/s | TTFT s (base / steered) | 4-prompt prefill s | RSS MB | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['quant']} | {r['load_s']:.1f} | {r['tok_s_plain_hf']:.1f} | {r['tok_s_unsteered']:.1f} / "
-              f"{r['tok_s_steered']:.1f} | {100 * r['overhead_vs_plain_hf']:+.1f} % | {r['ttft_s_unsteered']:.2f} / "
+              f"{r['tok_s_steered']:.1f} | {100 * r['overhead_vs_plain_hf']:+.1f} % | {r['tok_s_streamed']:.1f} | "
+              f"{r['ttft_s_unsteered']:.2f} / "
               f"{r['ttft_s_steered']:.2f} | {r['prefill_4_s']:.2f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
     print("| precision | 4 visitors (steered + base each) | TTFT p50 / worst s | total tok/s | vs single stream |")
     print("|---|---|---|---|---|")

@@ -28,7 +28,7 @@ def int4_available() -> tuple[bool, str]:
 
 
 class Int4Linear(nn.Linear):
-    """A frozen nn.Linear whose weight is packed int4 (groups of GROUP inputs); peft wraps it like any Linear."""
+    """A frozen nn.Linear whose weight is packed int4 (groups of GROUP inputs); LoRA wraps it like any Linear."""
 
     def __init__(self, linear: nn.Linear, group: int = GROUP):
         nn.Module.__init__(self)

@@ -174,7 +174,7 @@ def evaluate_policy(n_users: int, seed: int, models: str = "np_dpo,dpo_mixed", p
     dirs = {"np_dpo": Path(policy_dir), "dpo_mixed": Path(mixed_dir)}
     for name in chosen:
         train_cfg = checkpoints.read_manifest(dirs[name], "policy")["train"]
-        lm = base_model.load(train_cfg.get("model") or None, quant=train_cfg["quant"])  # peft wraps in place
+        lm = base_model.load(train_cfg.get("model") or None, quant=train_cfg["quant"])  # LoRA wraps it in place
         bank.check_model(lm)
         policies[name] = load_policy(dirs[name], lm, old_recipe)  # enc is None for the unconditioned DPO-mixed
     cfg = SteeringConfig(users_per_k=n_users, beta=train_cfg["beta"], seed=seed)

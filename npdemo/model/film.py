@@ -6,7 +6,7 @@ how far any latent can push a layer (an unbounded gamma let DPO scale hidden sta
 junk) with a soft clamp, gamma - 1 = s tanh(W z / s): moves well under s pass unchanged. Recipe 2's squash,
 s tanh(W z), also scaled every move by s, so under Adam FiLM learnt s times slower than LoRA and never reached
 the cap (its |gamma - 1| stayed under 0.04 for s = 0.1): it braked the steering rather than capping it.
-Applied with forward hooks, not wrapper modules: wrappers rename state-dict keys and break peft adapter names.
+Applied with forward hooks, not wrapper modules: wrappers would rename the base model's state-dict keys.
 """
 from __future__ import annotations
 
@@ -44,12 +44,16 @@ class FiLM(nn.Module):
 
 
 class FiLMHooks:
-    """Forward hooks on the decoder layers that apply the current (gamma, beta); inactive when unset."""
+    """Forward hooks on the decoder layers that apply the current (gamma, beta); inactive when unset.
+
+    `applied` cuts (gamma, beta) into per-layer (B, 1, D) slices in the activations' dtype once, so a decoding step
+    pays one multiply and one add per layer."""
 
     def __init__(self, model: nn.Module):
-        self.layers = model.get_decoder().layers  # also works through a PeftModel
-        self.gamma: torch.Tensor | None = None  # (B, n_layers, D)
-        self.beta: torch.Tensor | None = None
+        self.layers = model.get_decoder().layers
+        self.dtype = model.get_input_embeddings().weight.dtype  # the hidden states' dtype (bf16 for 4-bit bases)
+        self.gamma: tuple[torch.Tensor, ...] | None = None  # per layer (B, 1, D)
+        self.beta: tuple[torch.Tensor, ...] | None = None
         self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
 
     def _hook(self, i: int):
@@ -57,17 +61,21 @@ class FiLMHooks:
             if self.gamma is None:
                 return None  # None keeps the layer output unchanged
             hs = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple, 5 a tensor
-            hs = hs * self.gamma[:, i, None].to(hs) + self.beta[:, i, None].to(hs)  # (B, 1, D) over positions
+            hs = hs * self.gamma[i] + self.beta[i]  # (B, 1, D) broadcast over positions
             return (hs, *out[1:]) if isinstance(out, tuple) else hs
         return hook
 
     @contextmanager
     def applied(self, gamma: torch.Tensor | None, beta: torch.Tensor | None) -> Iterator[None]:
-        """Modulate inside the block (None = unmodulated); the previous state is restored on exit."""
+        """Modulate by (gamma, beta) (B, n_layers, D) inside the block (None = unmodulated); the previous state is
+        restored on exit."""
         if gamma is not None and gamma.shape[1] != len(self.layers):
             raise ValueError(f"FiLM has {gamma.shape[1]} layers, the model has {len(self.layers)}")
         previous = (self.gamma, self.beta)
-        self.gamma, self.beta = gamma, beta
+        if gamma is None:
+            self.gamma = self.beta = None
+        else:
+            self.gamma, self.beta = (t.to(self.dtype)[:, :, None].unbind(1) for t in (gamma, beta))
         try:
             yield
         finally:

@@ -133,8 +133,8 @@ def generate_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.
     dev = policy.lm.device
     with policy.conditioned(zs, strengths):
         policy.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), streamer=collector,
-                              adapter_names=policy.adapter_names(zs), pad_token_id=policy.tokenizer.pad_token_id,
-                              **sampling.generate_kwargs(), **generate_kwargs)
+                              pad_token_id=policy.tokenizer.pad_token_id, **sampling.generate_kwargs(),
+                              **generate_kwargs)
 
 
 def row_tokens(policy: ConditionalPolicy, rows: int, on_step: Callable[[list[str]], None] | None = None) -> RowTokens:

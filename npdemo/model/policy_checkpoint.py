@@ -13,6 +13,7 @@ from ..config import CHECKPOINTS
 from ..data.base_model import LoadedModel, fingerprint
 from . import checkpoints
 from .context_encoder import ContextEncoder, EncoderConfig
+from .lora import load_lora_state, lora_state_dict
 from .policy import ConditionalPolicy, PolicyConfig
 
 # 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + FiLM squashed by s tanh(x)
@@ -26,12 +27,10 @@ def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: P
     """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash.
 
     An unconditioned policy (the DPO-mixed baseline) never used FiLM or the encoder: only its LoRA is saved."""
-    from peft import get_peft_model_state_dict
-
     config = policy.lm.model.config
     base = {"name": policy.lm.name, "fingerprint": fingerprint(policy.lm.model), "hidden_size": config.hidden_size,
             "layers": config.num_hidden_layers}
-    modules = {"lora": get_peft_model_state_dict(policy.model)}
+    modules = {"lora": lora_state_dict(policy.model)}
     if conditioned:
         modules |= {"film": policy.film, "encoder": encoder}
     return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned, recipe=RECIPE,
@@ -99,10 +98,8 @@ def check_base(manifest: dict, lm: LoadedModel, directory: Path) -> None:
 
 def load_weights(policy: ConditionalPolicy, directory: Path, manifest: dict) -> None:
     """Strictly load a checkpoint's LoRA (and FiLM, when conditioned) into `policy`, in place."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    lora = checkpoints.load_state(directory, "lora", get_peft_model_state_dict(policy.model), "the LoRA adapters")
-    set_peft_model_state_dict(policy.model, lora)
+    lora = checkpoints.load_state(directory, "lora", lora_state_dict(policy.model), "the LoRA adapters")
+    load_lora_state(policy.model, lora)
     if manifest.get("conditioned", True):
         checkpoints.load_into(directory, "film", policy.film)
 
