@@ -13,6 +13,7 @@ from pathlib import Path
 from npdemo.config import POLICY_DIR, parse_cli
 from npdemo.data.base_model import QUANTS
 from npdemo.serve.engine import Engine
+from npdemo.serve.model_thread import single_threaded_requests
 from npdemo.serve.ui import build_demo, serve
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"app.py takes only --key settings, got {words}; see `{__doc__.splitlines()[2]}`")
     if cfg.quant not in QUANTS:
         raise SystemExit(f"--quant must be one of {', '.join(QUANTS)}, got {cfg.quant!r}")
+    single_threaded_requests()  # before loading: only the model thread may run multi-threaded
     engine = Engine.load(cfg.model or None, quant=cfg.quant, policy_dir=cfg.policy)
     serve(build_demo(engine), cfg.host, cfg.port)
 

@@ -7,6 +7,8 @@ each asking for a steered and a base answer (one after another under the policy 
 batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, the CPU's flags, and
 llama.cpp on the same GGUF as the reference row (llama_cpp.py; skipped, with the reason, where it is absent).
 Ratios come from the same run. FiLM and LoRA weights are random non-zero: their cost does not depend on training.
+Each precision's model lives on a model thread, as in the app (`npdemo.serve.model_thread`), timed from this
+single-threaded one; "streamed" is one steered answer as a visitor receives it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..data.tokens import chat_text, encode
 from ..model.generation import Sampling
 from ..model.policy import ConditionalPolicy, PolicyConfig
 from ..serve.batching import Batcher
+from ..serve.model_thread import ModelThread
 from ..serve.streaming import Streamer
 from .llama_cpp import bench_llama_cpp
 
@@ -124,26 +127,30 @@ def time_concurrent(stream: Callable[[], Iterator], users: int, n: int) -> dict[
     return {"ttft_p50_s": statistics.median(ttft), "ttft_max_s": max(ttft), "total_tok_s": users * n / wall}
 
 
-def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int, latent: int) -> dict:
+def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int, latent: int, threads: int) -> dict:
+    """One precision as the app runs it: the model loaded and run on a model thread with `threads` threads, timed
+    from this (single-threaded) thread."""
+    worker = ModelThread(threads)
     start = time.perf_counter()
-    lm = base_model.load(model, quant=quant)
+    lm = worker.call(base_model.load, model, quant=quant)
     load_s = time.perf_counter() - start
-    time_generate(lm.model, lm, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
-    plain = statistics.median(time_generate(lm.model, lm, new_tokens) for _ in range(repeats))
-    policy = ConditionalPolicy(lm, PolicyConfig(latent=latent))
-    randomise(policy)
-    streamer = Streamer(policy)
+    worker.call(time_generate, lm.model, lm, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
+    plain = statistics.median(worker.call(time_generate, lm.model, lm, new_tokens) for _ in range(repeats))
+    policy = worker.call(ConditionalPolicy, lm, PolicyConfig(latent=latent))
+    worker.call(randomise, policy)
+    streamer = Streamer(policy, worker)
     z = torch.randn(1, latent)
     out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size,
            "tok_s_plain_hf": plain}
-    time_decode(streamer, z, 4)
+    worker.call(time_decode, streamer, z, 4)
     for name, zz in (("unsteered", None), ("steered", z)):
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(streamer, zz) for _ in range(repeats))
-        out[f"tok_s_{name}"] = statistics.median(time_decode(streamer, zz, new_tokens) for _ in range(repeats))
+        out[f"tok_s_{name}"] = statistics.median(worker.call(time_decode, streamer, zz, new_tokens)
+                                                 for _ in range(repeats))
     out["tok_s_streamed"] = statistics.median(time_stream(streamer, z, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
     out["overhead_vs_plain_hf"] = plain / out["tok_s_steered"] - 1
-    out["prefill_4_s"] = statistics.median(time_prefill(policy, 4, z) for _ in range(repeats))
+    out["prefill_4_s"] = statistics.median(worker.call(time_prefill, policy, 4, z) for _ in range(repeats))
     sampling = Sampling(max_new_tokens=new_tokens, greedy=True)
     batcher = Batcher(streamer)  # as in the app: concurrent requests merged into one batched generate
 
@@ -155,7 +162,8 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT, PROMPT], [z, None], sampling), 4,
                                                   2 * new_tokens)
     out.update(memory_mb())  # the peak covers this process so far
-    policy.hooks.remove()
+    worker.call(policy.hooks.remove)
+    worker.close()  # a second live thread team would slow the next precision's model thread
     return out
 
 
@@ -179,9 +187,14 @@ def run_speed(args) -> dict:
     """Every precision in one run, printed as README's tables; args: a BenchConfig."""
     flags = base_model.cpu_flags()
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    rows = [bench_precision(args.model or None, q, args.new_tokens, args.repeats, args.latent) for q in QUANTS]
-    encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the app: only the model thread runs multi-threaded
+    try:
+        rows = [bench_precision(args.model or None, q, args.new_tokens, args.repeats, args.latent, threads)
+                for q in QUANTS]
+    finally:
+        torch.set_num_threads(threads)
+    encode_s = bench_encode(rows[0]["hidden_size"], args.latent)
     llama = {"skipped": "the reference row runs the default model's GGUF only"} if args.model else bench_llama_cpp(
         prompt_ids(AutoTokenizer.from_pretrained(base_model.resolve())), threads, args.new_tokens, args.repeats)
     print(f"\nSpeed on {rows[0]['device']} ({threads} threads; CPU flags: {' '.join(shown) or 'none of note'}), "

@@ -31,6 +31,7 @@ from ..model.policy_checkpoint import load_policy, paired_reward_dir
 from ..model.reward import NPBTL, load_reward_model
 from ..model.simplex import BayesPosterior, Locator, to_simplex
 from .batching import Batcher
+from .model_thread import ModelThread
 from .session import ORDERS, Session
 from .streaming import Streamer
 
@@ -64,11 +65,11 @@ class Engine:
     """Models and bank shared by all sessions; every method takes the caller's Session."""
 
     def __init__(self, policy: ConditionalPolicy, encoder, reward: NPBTL, bank: Bank, checkpoint: str,
-                 pool: np.ndarray | None = None):
+                 pool: np.ndarray | None = None, worker: ModelThread | None = None):
         # one context -> one z, from the policy's encoder; the NP-BTL reward decoder reads that z (the encoder's
         # weights are NP-BTL's unless it was fine-tuned with the policy), so only the decoder of `reward` is used
         self.policy, self.encoder, self.reward, self.bank = policy, encoder, reward, bank
-        self.streamer = Streamer(policy)
+        self.streamer = Streamer(policy, worker)
         self.batcher = Batcher(self.streamer)  # concurrent visitors' generations share one batched call
         self.checkpoint = checkpoint  # hash of the policy manifest: stamps exported profiles
         self.pool = bank.clean_pairs() if pool is None else pool  # junk is never shown as a pair to judge
@@ -82,17 +83,24 @@ class Engine:
     def load(cls, model: str | None = None, quant: str = "auto", policy_dir: Path = POLICY_DIR,
              reward_dir: Path | None = None) -> "Engine":
         """The default model and the shipped checkpoints (refused if they belong to another base model); the
-        reward decoder is the NP-BTL the policy was trained with (another one is refused)."""
+        reward decoder is the NP-BTL the policy was trained with (another one is refused).
+
+        The model is loaded and run on the model thread (`npdemo.serve.model_thread`); a server makes its own
+        threads single-threaded first (app.py)."""
         reward_dir = paired_reward_dir(policy_dir, reward_dir)
-        bank = load_bank()
-        lm = base_model.load(model, quant=quant)
-        bank.check_model(lm)
-        policy, encoder = load_policy(policy_dir, lm)
-        if encoder is None:
-            raise checkpoints.CheckpointError(f"{policy_dir} is an unconditioned policy (no FiLM): it cannot steer")
-        reward = load_reward_model(reward_dir)
+        worker = ModelThread()
+
+        def parts() -> tuple:
+            bank = load_bank()
+            lm = base_model.load(model, quant=quant)
+            bank.check_model(lm)
+            policy, encoder = load_policy(policy_dir, lm)
+            if encoder is None:
+                raise checkpoints.CheckpointError(f"{policy_dir} is an unconditioned policy (no FiLM): it cannot steer")
+            return policy, encoder, load_reward_model(reward_dir), bank
+
         manifest = Path(policy_dir) / checkpoints.MANIFEST
-        return cls(policy, encoder, reward, bank, hashlib.sha256(manifest.read_bytes()).hexdigest())
+        return cls(*worker.call(parts), hashlib.sha256(manifest.read_bytes()).hexdigest(), worker=worker)
 
     # ----- teach: pairs and labels -----------------------------------------------------------------------
 
@@ -220,13 +228,16 @@ class Engine:
         if not names:
             return {}
         outs = [texts[n] for n in names]
-        with self.streamer.lock, self.policy.reference():  # the base model; no generation meanwhile
-            feats = self.bank.features_for(self.policy.lm, [prompt] * len(names), outs)
-            nll = quality.fluency(self.policy.model, self.policy.tokenizer, [prompt] * len(names), outs)
-        try:
-            rel, note = quality.relevance([prompt] * len(names), outs), ""
-        except ImportError as e:  # the app still shows fluency and the junk verdict
-            rel, note = np.full(len(names), np.nan), str(e)
+        def base_scores() -> tuple:  # the base model, on the model thread between generations
+            with self.policy.reference():
+                feats = self.bank.features_for(self.policy.lm, [prompt] * len(names), outs)
+                nll = quality.fluency(self.policy.model, self.policy.tokenizer, [prompt] * len(names), outs)
+            try:
+                return feats, nll, quality.relevance([prompt] * len(names), outs), ""
+            except ImportError as e:  # the app still shows fluency and the junk verdict
+                return feats, nll, np.full(len(names), np.nan), str(e)
+
+        feats, nll, rel, note = self.streamer.call(base_scores)
         r = self.reward.rewards(feats[None], self.latent(session))[0]
         out = {}
         for i, n in enumerate(names):

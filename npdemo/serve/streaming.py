@@ -1,17 +1,21 @@
-"""Streaming one policy to many threads: a batched generation runs in a worker thread under one lock (the FiLM
-hooks are shared state, so two visitors' latents never mix), its rows' text is yielded as it grows, a consumer
-that leaves cancels it, and an error or a stall inside it reaches the consumer as an exception."""
+"""Streaming one policy to many threads: a batched generation runs on the model thread under one lock (the FiLM
+hooks and the LoRA switch are shared state, so two visitors' latents never mix), its rows' text is yielded as it
+grows, a consumer that leaves cancels it, and an error or a stall inside it reaches the consumer as an exception."""
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator
+from concurrent.futures import wait
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..model.generation import Sampling, check_rows, generate_rows, row_tokens
 from ..model.policy import ConditionalPolicy
+from .model_thread import ModelThread
+
+T = TypeVar("T")
 
 
 class _Cancelled(StoppingCriteria):
@@ -25,11 +29,18 @@ class _Cancelled(StoppingCriteria):
 
 
 class Streamer:
-    """Serves `stream_rows` calls from any thread, one generation at a time."""
+    """Serves `stream_rows` calls from any thread, one generation at a time, on the model thread."""
 
-    def __init__(self, policy: ConditionalPolicy):
-        self.policy = policy
+    def __init__(self, policy: ConditionalPolicy, worker: ModelThread | None = None):
+        self.policy, self.worker = policy, worker or ModelThread()
         self.lock = threading.Lock()  # held for a whole generation (and by anything else that runs the model)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn() on the model thread under the lock (scoring with the base model between generations)."""
+        def locked() -> T:
+            with self.lock:
+                return fn()
+        return self.worker.call(locked)
 
     def check_rows(self, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
                    strengths: list[float] | None = None) -> None:
@@ -62,8 +73,7 @@ class Streamer:
             finally:
                 texts.put(None)  # always unblock the consumer
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        job = self.worker.submit(run)
         try:
             while True:
                 try:
@@ -75,7 +85,7 @@ class Streamer:
                 yield step
         finally:
             cancelled.set()  # the consumer stopped early: stop generating
-            worker.join(timeout=120)
+            wait([job], timeout=120)
         if errors:
             raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
 
