@@ -75,14 +75,16 @@ class LoRALinear(nn.Module):
 
 def add_lora(model: nn.Module, cfg: LoRAConfig) -> LoRASwitch:
     """Freeze `model` and wrap each projection named in cfg.lora_targets with a LoRALinear, in module order (as
-    peft did, so a seed gives the same initial adapters); returns the switch they share."""
+    peft did, so a seed gives the same initial adapters); returns the switch they share. On a model that has
+    adapters already (a second policy on one loaded model), they are replaced by fresh ones, as peft did."""
     targets, switch = set(cfg.lora_targets.split(",")), LoRASwitch()
     model.requires_grad_(False)
     wrapped = 0
     for name, module in list(model.named_modules()):
         parent, _, leaf = name.rpartition(".")
-        if leaf in targets and not isinstance(module, LoRALinear):
-            setattr(model.get_submodule(parent), leaf, LoRALinear(module, cfg, switch))
+        if leaf in targets:
+            base = module.base_layer if isinstance(module, LoRALinear) else module
+            setattr(model.get_submodule(parent), leaf, LoRALinear(base, cfg, switch))
             wrapped += 1
     if not wrapped:
         raise ValueError(f"no module of the model is named one of the LoRA targets {sorted(targets)}")

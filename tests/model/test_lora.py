@@ -74,3 +74,16 @@ def test_head_input_gets_standard_strides():
     assert hidden.is_contiguous() and hidden.stride() != (4, 4, 1)  # "contiguous" by torch, but not foldable
     (out,) = contiguous_input(nn.Identity(), (hidden,))
     assert out.stride() == (4, 4, 1) and torch.equal(out, hidden)
+
+
+def test_a_second_policy_on_one_model_gets_fresh_adapters_not_nested_ones():
+    model = make_tiny_lm().model
+    add_lora(model, LoRAConfig(lora_r=4))
+    first = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        first.lora_B.weight.fill_(1.0)
+    switch = add_lora(model, LoRAConfig(lora_r=4))
+    second = model.model.layers[0].self_attn.q_proj
+    assert second is not first and second.base_layer is first.base_layer and second.switch is switch
+    assert not second.lora_B.weight.any()
+    assert len(lora_state_dict(model)) == 2 * 2 * model.config.num_hidden_layers  # not nested: A and B, q and v
