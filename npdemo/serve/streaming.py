@@ -85,6 +85,7 @@ class Streamer:
                 yield step
         finally:
             cancelled.set()  # the consumer stopped early: stop generating
+            job.cancel()  # or, if it is still queued, never start
             wait([job], timeout=120)
         if errors:
             raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
