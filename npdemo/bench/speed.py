@@ -79,8 +79,8 @@ def time_generate(model, lm: base_model.LoadedModel, n: int) -> float:
 
 
 def time_stream(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
-    """Tokens/s of one streamed answer (up to n tokens, greedy): what a visitor sees, generated in the streamer's
-    worker thread, not the calling one."""
+    """Tokens/s of one streamed answer (up to n tokens, greedy): what a visitor sees, generated on the model thread,
+    not the calling one."""
     start, steps = time.perf_counter(), 0
     for steps, _ in enumerate(streamer.stream(PROMPT, z, Sampling(max_new_tokens=n, greedy=True)), 1):
         pass

@@ -91,15 +91,19 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> LoRASwitch:
     return switch
 
 
+def is_adapter(key: str) -> bool:
+    return ".lora_A." in key or ".lora_B." in key
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights under peft's key names (what a policy checkpoint's lora.safetensors holds)."""
-    return {KEY_PREFIX + k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+    return {KEY_PREFIX + k: v for k, v in model.state_dict().items() if is_adapter(k)}
 
 
 def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load adapter weights saved by `lora_state_dict`: every adapter must be given, and nothing else."""
     result = model.load_state_dict({k.removeprefix(KEY_PREFIX): v for k, v in state.items()}, strict=False)
-    missing = [k for k in result.missing_keys if ".lora_A." in k or ".lora_B." in k]
+    missing = [k for k in result.missing_keys if is_adapter(k)]
     if missing or result.unexpected_keys:
         raise ValueError(f"LoRA weights do not fit the model: missing {missing[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]}")
