@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from .base_model import LoadedModel, fingerprint
 from .corpus import CORPUS, file_sha256, load_corpus
 from .embeddings import parts, pooled_features
 from .episodes import orient
+from .junk import emoji_run
 from .quality_scores import QualityError, QualityScores, load_quality_scores
 
 BANK = ASSETS / "bank-v1.safetensors"
@@ -80,6 +82,11 @@ class Bank:
         and the shared reward part, what the exact Bayes posterior reads."""
         rows = self.oriented(labels)
         return (values[rows[:, 0]] - values[rows[:, 1]])[None]
+
+    @cached_property
+    def emoji_runs(self) -> np.ndarray:
+        """(R,) the longest emoji run in each response (NP-DPO keeps long runs off the chosen side)."""
+        return np.array([emoji_run(r["response"]) for r in self.records], dtype=np.int64)
 
     def clean_pairs(self) -> np.ndarray:
         """Indices of pairs with no junk response: the ones people are shown and DPO may target."""

@@ -81,7 +81,8 @@ def _symbol_share(text: str) -> float:
     return len(odd) / len(visible) if visible else 0.0
 
 
-def _emoji_run(text: str) -> int:
+def emoji_run(text: str) -> int:
+    """The longest run of emoji in a row (spaces, joiners and skin tones aside)."""
     best = run = 0
     for c in text:
         if c.isspace() or c in _EMOJI_GLUE:
@@ -103,7 +104,7 @@ def check_text(text: str) -> TextCheck:
     words = _LATIN_WORD.findall(text)
     letters = [c for c in text if c.isalpha()]
     latin = sum(1 for w in words for c in w if c.isalpha())
-    symbols, repeated, emoji = _symbol_share(text), _repeated_share(words), _emoji_run(text)
+    symbols, repeated, emoji = _symbol_share(text), _repeated_share(words), emoji_run(text)
     if not text.strip():
         return TextCheck(0, 0.0, 0.0, 0.0, 0, True, True, "empty")
     if emoji > MAX_EMOJI_RUN:  # before the language checks: soup is soup in any language

@@ -17,9 +17,11 @@ from .lora import load_lora_state, lora_state_dict
 from .policy import ConditionalPolicy, PolicyConfig
 
 # 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + FiLM squashed by s tanh(x)
-# (steered weakly: the squash slowed FiLM's learning s-fold); 3: RPO + FiLM soft-clamped by s tanh(x / s)
-RECIPE = 3
-MIXED_SINCE = 2  # recipe 3 changed only FiLM, which the unconditioned DPO-mixed baseline lacks: its recipe 2 is current
+# (steered weakly: the squash slowed FiLM's learning s-fold); 3: RPO + FiLM soft-clamped by s tanh(x / s) (greedy
+# warm answers dissolved into emoji soup); 4: the on-policy rounds' candidate (not shipped); 5: recipe 3 with no
+# emoji run on the chosen side of a target pair
+RECIPE = 5
+MIXED_SINCE = 5  # recipe 5 changed the pairs DPO-mixed trains on too
 
 
 def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
@@ -71,8 +73,9 @@ def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> N
     current = recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
     if not current and not old_recipe:
         raise checkpoints.CheckpointError(
-            f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM); "
-            "recipe 1 writes junk for corner users, recipe 2 barely steers. Retrain with `python -m npdemo.train "
+            f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM, "
+            "chosen targets without emoji runs); recipe 1 writes junk for corner users, recipe 2 barely steers, "
+            "recipe 3 writes emoji soup for warm users. Retrain with `python -m npdemo.train "
             "policy` (evaluate loads it with --old-recipe)")
 
 

@@ -38,6 +38,7 @@ class DPOConfig:
     k_max: int = 6              # context sizes 0..k_max, as in the paper's DPO runs
     beta: float = 0.1           # DPO beta
     rpo_alpha: float = 1.0      # weight of the chosen response's per-token NLL (0: plain DPO, recipe v1)
+    chosen_emoji_run: int = 1   # longest emoji run a chosen target may hold (recipe 5; -1: any, recipe 3)
     lr: float = 5e-4            # LoRA + FiLM learning rate (constant)
     max_grad_norm: float = 1.0  # gradient clipping, as in trl's DPO trainer
     max_tokens: int = 192       # longest (prompt + response) sequence; longer responses are cut
@@ -62,7 +63,9 @@ def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator) -> DPOB
     Each user draws `target_candidates` target pairs after its context and keeps the `pairs_per_user` it feels most
     strongly about (largest true reward gap; the label is still its BTL choice): a random pair of a 3-attribute
     user is often a near tie, which teaches the policy nothing about that user. A pair with a junk response is
-    never a target: DPO must not learn from junk, even as the rejected side's foil.
+    never a target: DPO must not learn from junk, even as the rejected side's foil. Nor is a pair whose chosen
+    side holds an emoji run longer than `chosen_emoji_run`: with RPO it teaches "an emoji follows an emoji", which
+    greedy decoding turns into emoji soup (as the rejected side it stays: it then teaches the opposite).
     """
     T = cfg.k_max + cfg.target_candidates
     k = rng.integers(0, cfg.k_max + 1, size=cfg.users)
@@ -73,6 +76,8 @@ def dpo_step_batch(bank: Bank, cfg: DPOConfig, rng: np.random.Generator) -> DPOB
                  + shared[pairs[..., 0]] - shared[pairs[..., 1]])
     clean = np.isin(ep.tgt_pair.numpy(), bank.clean_pairs())
     rows = orient(pairs, ep.tgt_y.numpy())  # (U, T, 2) [chosen, rejected]
+    if cfg.chosen_emoji_run >= 0:
+        clean &= bank.emoji_runs[rows[..., 0]] <= cfg.chosen_emoji_run
     chosen, rejected, user = [], [], []
     for u in range(cfg.users):
         after = np.arange(k[u], k[u] + cfg.target_candidates)  # targets never include the context

@@ -20,7 +20,7 @@ from ..data.quality_scores import QUALITY
 from ..model import checkpoints
 from ..model.context_encoder import EncoderConfig
 from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
-from ..model.policy_checkpoint import check_base, load_weights, reward_pairing, save_policy
+from ..model.policy_checkpoint import MIXED_SINCE, RECIPE, check_base, load_weights, reward_pairing, save_policy
 from ..model.logprobs import reference_key
 from ..model.reward import RewardConfig, build_reward_model, load_reward_model
 from . import corpus_build, distributed, dpo, onpolicy
@@ -152,7 +152,7 @@ class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
     film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
     film_squash: str = "soft"  # "soft" clamp s tanh(x / s) (recipe 3) or recipe 2's "scaled" s tanh(x) (ablation)
     out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
-    offpolicy_from: str = ""  # with --rounds: a recipe-3 checkpoint of this config's off-policy steps, run only the rounds
+    offpolicy_from: str = ""  # with --rounds: a current-recipe checkpoint of this config's off-policy steps, run only the rounds
 
     def policy_config(self, latent: int) -> PolicyConfig:
         return PolicyConfig(latent=latent, film_bound=self.film_bound or None, film_squash=self.film_squash,
@@ -160,7 +160,7 @@ class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
 
 
 def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainConfig) -> list[dict]:
-    """Load the off-policy steps' weights from a recipe-3 checkpoint trained with cfg's off-policy settings (so the
+    """Load the off-policy steps' weights from a current-recipe checkpoint trained with cfg's off-policy settings (so the
     rounds need not wait for them again); returns its training log."""
     manifest = checkpoints.read_manifest(directory, "policy")
     check_base(manifest, pol.lm, directory)
@@ -168,12 +168,12 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
     own |= {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
     theirs = {k: manifest["train"].get(k) for k in own if not k.startswith("policy.")}
     theirs |= {f"policy.{k}": v for k, v in {**asdict(pol.cfg), **manifest["config"]["policy"]}.items()}
-    recipes = (3,) if cfg.conditioned else (2, 3)  # DPO-mixed has no FiLM: its recipes 2 and 3 are one
+    recipes = range(RECIPE, RECIPE + 1) if cfg.conditioned else range(MIXED_SINCE, RECIPE + 1)
     differ = {k: v for k, v in theirs.items() if v != own[k]}
     if manifest.get("train", {}).get("rounds"):
         differ["rounds"] = manifest["train"]["rounds"]  # it ran rounds already: not the off-policy steps alone
     if manifest.get("recipe") not in recipes or manifest.get("conditioned", True) != cfg.conditioned or differ:
-        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-3 {'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
+        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-{RECIPE} {'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
                          f" checkpoint of this run's off-policy settings (recipe {manifest.get('recipe')}; it has "
                          f"{differ or 'the same settings'})")
     load_weights(pol, directory, manifest)

@@ -42,6 +42,22 @@ def test_targets_are_the_users_clearest_pairs():
     assert not all(kept_first)  # a real choice, not the first candidate every time
 
 
+def test_no_chosen_target_holds_an_emoji_run():
+    """Recipe 5: a response with two emoji in a row is never the chosen side (with RPO it would teach emoji soup),
+    but it stays a target as the rejected side; -1 (recipe 3) lets it win."""
+    bank = text_bank(responses=RESPONSES + ["Yay!! 😊🎉 Boil it, enjoy, you've got this!"])
+    assert bank.emoji_runs.tolist() == [1, 0, 0, 0, 2] * 6
+
+    def sides(run: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = dpo.DPOConfig(users=64, k_max=2, target_candidates=6, chosen_emoji_run=run)
+        _, c, r, _ = unpack(dpo.dpo_step_batch(bank, cfg, np.random.default_rng(0)))
+        return bank.emoji_runs[c], bank.emoji_runs[r]
+
+    chosen, rejected = sides(1)
+    assert chosen.max() == 1 and rejected.max() == 2
+    assert sides(-1)[0].max() == 2
+
+
 def test_response_mask_covers_only_the_response():
     lm = make_tiny_lm()
     policy = ConditionalPolicy(lm, PolicyConfig(latent=8, lora_r=4))

@@ -57,7 +57,7 @@ def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monke
     assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
 
 
-def test_rounds_start_only_from_a_recipe_3_checkpoint_of_the_same_offpolicy_settings(tmp_path):
+def test_rounds_start_only_from_a_current_recipe_checkpoint_of_the_same_offpolicy_settings(tmp_path):
     import json
     from dataclasses import asdict, replace
 
@@ -68,19 +68,19 @@ def test_rounds_start_only_from_a_recipe_3_checkpoint_of_the_same_offpolicy_sett
     trained = ConditionalPolicy(make_tiny_lm(), cfg.policy_config(8))
     with torch.no_grad():
         trained.film.gamma.weight.normal_()
-    save_policy(trained, ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8)), tmp_path / "r3",
+    save_policy(trained, ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8)), tmp_path / "trained",
                 train=asdict(cfg), log=[{"step": 240}])
-    manifest_path = tmp_path / "r3" / "manifest.json"
+    manifest_path = tmp_path / "trained" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     fresh = ConditionalPolicy(make_tiny_lm(), cfg.policy_config(8))
-    for changed, reason in (({"recipe": 2}, "recipe 2"), ({"train": {**manifest["train"], "rounds": 2}}, "'rounds': 2")):
-        manifest_path.write_text(json.dumps({**manifest, **changed}))  # recipe 2's FiLM; rounds already run
+    for changed, reason in (({"recipe": 3}, "recipe 3"), ({"train": {**manifest["train"], "rounds": 2}}, "'rounds': 2")):
+        manifest_path.write_text(json.dumps({**manifest, **changed}))  # recipe 3's pairs; rounds already run
         with pytest.raises(SystemExit, match=reason):
-            offpolicy_weights(fresh, tmp_path / "r3", cfg)
+            offpolicy_weights(fresh, tmp_path / "trained", cfg)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match="'steps': 240"):  # another off-policy run than this one's
-        offpolicy_weights(fresh, tmp_path / "r3", replace(cfg, steps=80))
-    assert offpolicy_weights(fresh, tmp_path / "r3", cfg) == [{"step": 240}]
+        offpolicy_weights(fresh, tmp_path / "trained", replace(cfg, steps=80))
+    assert offpolicy_weights(fresh, tmp_path / "trained", cfg) == [{"step": 240}]
     assert torch.equal(fresh.film.gamma.weight, trained.film.gamma.weight)
 
 

@@ -197,8 +197,12 @@ def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
         load_policy(tmp_path / "old", make_tiny_lm())
     old, _ = load_policy(tmp_path / "old", make_tiny_lm(), old_recipe=True)
     assert (old.film.bound, old.film.squash) == (0.1, "scaled")  # recipe 2's squash, as it was trained
+    manifest["recipe"], manifest["config"]["policy"]["film_squash"] = 3, "soft"  # recipe 3: the emoji-soup pairs
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(checkpoints.CheckpointError, match="recipe-3 policy"):
+        load_policy(tmp_path / "old", make_tiny_lm())
     save_policy(pol, encoder, tmp_path / "new")
-    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 3
+    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 5
     with torch.no_grad():
         pol.film.beta.bias[3] = float("nan")
     save_policy(pol, encoder, tmp_path / "nan")
