@@ -1,4 +1,4 @@
-"""On-policy NP-DPO rounds (`--rounds N`, an ablation; not in the shipped recipe 3, README says why): the policy's
+"""On-policy NP-DPO rounds (`--rounds N`, an ablation; not in the shipped recipe, README says why): the policy's
 own answers, ranked by each simulated user's reward, become the DPO pairs of the next steps.
 
 Corpus pairs never show the policy its own failures. Recipe 3's warm user ended 7 of 50 greedy test answers in
@@ -33,7 +33,7 @@ from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainabl
 
 @dataclass
 class OnPolicyConfig:
-    rounds: int = 0               # generate-then-train rounds after the off-policy steps (0: recipe 3, shipped)
+    rounds: int = 0               # generate-then-train rounds after the off-policy steps (0: the shipped recipe)
     round_users: int = 48         # simulated train users per round, each with its own z
     round_prompts: int = 3        # train prompts each user answers, twice (greedy and sampled)
     round_context: int = 10       # labelled pairs behind each user's z: the app's count
