@@ -66,12 +66,17 @@ def paired_reward_dir(directory: Path, reward_dir: Path | None = None) -> Path:
     return path
 
 
+def is_current_recipe(manifest: dict) -> bool:
+    """Does this code serve the checkpoint's recipe? (DPO-mixed has no FiLM: any recipe since MIXED_SINCE.)"""
+    recipe = manifest.get("recipe", 1)
+    return recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
+
+
 def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> None:
     """Refuse a checkpoint of an older recipe (recipe 1 streams junk to corner users) unless `old_recipe` is asked
     for explicitly (evaluation's before/after rows)."""
     recipe = manifest.get("recipe", 1)
-    current = recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
-    if not current and not old_recipe:
+    if not is_current_recipe(manifest) and not old_recipe:
         raise checkpoints.CheckpointError(
             f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM, "
             "chosen targets without emoji runs); recipe 1 writes junk for corner users, recipe 2 barely steers, "

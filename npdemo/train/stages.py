@@ -20,7 +20,7 @@ from ..data.quality_scores import QUALITY
 from ..model import checkpoints
 from ..model.context_encoder import EncoderConfig
 from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
-from ..model.policy_checkpoint import MIXED_SINCE, RECIPE, check_base, load_weights, reward_pairing, save_policy
+from ..model.policy_checkpoint import RECIPE, check_base, is_current_recipe, load_weights, reward_pairing, save_policy
 from ..model.logprobs import reference_key
 from ..model.reward import RewardConfig, build_reward_model, load_reward_model
 from . import corpus_build, distributed, dpo, onpolicy
@@ -168,11 +168,10 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
     own |= {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
     theirs = {k: manifest["train"].get(k) for k in own if not k.startswith("policy.")}
     theirs |= {f"policy.{k}": v for k, v in {**asdict(pol.cfg), **manifest["config"]["policy"]}.items()}
-    recipes = range(RECIPE, RECIPE + 1) if cfg.conditioned else range(MIXED_SINCE, RECIPE + 1)
     differ = {k: v for k, v in theirs.items() if v != own[k]}
     if manifest.get("train", {}).get("rounds"):
         differ["rounds"] = manifest["train"]["rounds"]  # it ran rounds already: not the off-policy steps alone
-    if manifest.get("recipe") not in recipes or manifest.get("conditioned", True) != cfg.conditioned or differ:
+    if not is_current_recipe(manifest) or manifest.get("conditioned", True) != cfg.conditioned or differ:
         raise SystemExit(f"--offpolicy_from {directory}: not a recipe-{RECIPE} {'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
                          f" checkpoint of this run's off-policy settings (recipe {manifest.get('recipe')}; it has "
                          f"{differ or 'the same settings'})")
