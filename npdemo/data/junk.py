@@ -2,7 +2,8 @@
 
 A reply is junk when a reader would not call it an answer at all: mostly invented words, symbol or emoji soup,
 or one phrase looping; or when an answer dissolves into emoji soup part way (a long run of emoji, which the
-warm corner's policy learned to write because warmth rewards emoji), in any language. Real words come from a
+warm corner's policy learned to write because warmth rewards emoji), or into a long run of one mark
+(",,,,,,,,,,,,,,,,", "$$$$…", which the recipe-5 policy wrote past the corpus's 80-token answers), in any language. Real words come from a
 maintained word list (`wordfreq`'s English frequencies, offline), not from our own corpus, which holds junk too.
 Markdown structure (list markers, bold, table bars) is layout, not noise, so it is stripped before symbols are
 counted. Text in another language gets its own reason and is judged by that language's word list: real
@@ -20,6 +21,8 @@ MAX_SYMBOLS = 0.15     # share of visible characters that are symbols or emoji o
 MAX_REPEATED = 0.5     # share of word 4-grams that repeat an earlier one
 MAX_EMOJI_RUN = 7      # emoji in a row (spaces aside); 8 or more is soup: no corpus response the verdict passes has
                        # one, nor any hand-labelled fine answer; the recipe-3 warm policy wrote one in 7 of 50
+MAX_MARK_RUN = 8       # one punctuation mark or symbol in a row; 9 or more is noise: the corpus (sampled from the base
+                       # at T up to 1.0) never goes past 8 ("........"), nor does any hand-labelled fine answer
 MAX_CHARS = 20_000     # longer texts are judged on their beginning (a 100k-character paste stays fast)
 OTHER_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl")  # Latin-script languages told apart from English
 LANGUAGE_MARGIN = 1.0  # mean Zipf frequency by which another language must beat English (measured: 2.9-3.1)
@@ -35,6 +38,7 @@ _MARKDOWN = [re.compile(p, re.M) for p in (
 # holds transport, map and extended pictographs (🚀, 🗺, 🦡).
 _EMOJI = ((0x1F000, 0x1F3FA), (0x1F400, 0x1FAFF), (0x2600, 0x27BF), (0x2300, 0x23FF), (0x2B00, 0x2BFF))
 _EMOJI_GLUE = set("\u200d\u200b\ufe0e\ufe0f\u20e3") | {chr(c) for c in range(0x1F3FB, 0x1F400)}  # joiners, skin tones
+_LAYOUT = set("-=_*#~`|") | {chr(c) for c in range(0x2500, 0x2580)}  # rules, fences and box drawing: layout, not noise
 _PLAIN = set(".,;:!?'\"()-\u2013\u2014\u2019\u201c\u201d\u2026/%$&")  # punctuation a sentence uses
 
 
@@ -46,6 +50,7 @@ class TextCheck:
     symbols: float      # share of visible characters that are symbols/emoji (markdown stripped)
     repeated: float     # share of word 4-grams repeating an earlier one
     emoji_run: int      # longest run of emoji in a row (spaces, joiners and skin tones aside)
+    mark_run: int       # longest run of one punctuation mark or symbol (layout marks aside)
     english: bool
     junk: bool
     reason: str         # "" when fine
@@ -81,13 +86,29 @@ def _symbol_share(text: str) -> float:
     return len(odd) / len(visible) if visible else 0.0
 
 
+def _is_emoji(c: str) -> bool:
+    return any(lo <= ord(c) <= hi for lo, hi in _EMOJI)
+
+
 def emoji_run(text: str) -> int:
     """The longest run of emoji in a row (spaces, joiners and skin tones aside)."""
     best = run = 0
     for c in text:
         if c.isspace() or c in _EMOJI_GLUE:
             continue
-        run = run + 1 if any(lo <= ord(c) <= hi for lo, hi in _EMOJI) else 0
+        run = run + 1 if _is_emoji(c) else 0
+        best = max(best, run)
+    return best
+
+
+def mark_run(text: str) -> int:
+    """The longest run of one punctuation mark or symbol in a row (layout marks and emoji aside)."""
+    best = run = 0
+    prev = ""
+    for c in text:
+        odd = not (c.isalnum() or c.isspace() or c in _LAYOUT or c in _EMOJI_GLUE or _is_emoji(c))
+        run = run + 1 if odd and c == prev else int(odd)
+        prev = c
         best = max(best, run)
     return best
 
@@ -104,25 +125,31 @@ def check_text(text: str) -> TextCheck:
     words = _LATIN_WORD.findall(text)
     letters = [c for c in text if c.isalpha()]
     latin = sum(1 for w in words for c in w if c.isalpha())
-    symbols, repeated, emoji = _symbol_share(text), _repeated_share(words), emoji_run(text)
+    symbols, repeated, emoji, marks = _symbol_share(text), _repeated_share(words), emoji_run(text), mark_run(text)
+    english = latin >= 0.5 * len(letters)
+
+    def verdict(real: float, english: bool, junk: bool, reason: str) -> TextCheck:
+        return TextCheck(len(words), real, symbols, repeated, emoji, marks, english, junk, reason)
+
     if not text.strip():
-        return TextCheck(0, 0.0, 0.0, 0.0, 0, True, True, "empty")
+        return TextCheck(0, 0.0, 0.0, 0.0, 0, 0, True, True, "empty")
     if emoji > MAX_EMOJI_RUN:  # before the language checks: soup is soup in any language
-        return TextCheck(len(words), _real_share(words), symbols, repeated, emoji, latin >= 0.5 * len(letters), True,
-                         f"emoji soup ({emoji} emoji in a row, over {MAX_EMOJI_RUN})")
-    if letters and latin < 0.5 * len(letters):
-        return TextCheck(len(words), 0.0, symbols, repeated, emoji, False, False, "not English (mostly another script)")
+        return verdict(_real_share(words), english, True, f"emoji soup ({emoji} emoji in a row, over {MAX_EMOJI_RUN})")
+    if marks > MAX_MARK_RUN:
+        return verdict(_real_share(words), english, True,
+                       f"mark soup ({marks} of one mark in a row, over {MAX_MARK_RUN})")
+    if letters and not english:
+        return verdict(0.0, False, False, "not English (mostly another script)")
     real = _real_share(words)
     other = _other_language(words) if words else None
     if other:
         real_other = _real_share(words, other)
         if real_other < MIN_REAL_WORDS:
-            return TextCheck(len(words), real, symbols, repeated, emoji, False, True,
-                             f"{real_other:.0%} real words in {other!r}, the language it reads as (under "
-                             f"{MIN_REAL_WORDS:.0%})")
-        return TextCheck(len(words), real, symbols, repeated, emoji, False, False, f"not English (reads as {other!r})")
+            return verdict(real, False, True, f"{real_other:.0%} real words in {other!r}, the language it reads as "
+                                              f"(under {MIN_REAL_WORDS:.0%})")
+        return verdict(real, False, False, f"not English (reads as {other!r})")
     reason = ("no words" if not words else
               f"{real:.0%} real words (under {MIN_REAL_WORDS:.0%})" if real < MIN_REAL_WORDS else
               f"{symbols:.0%} symbols (over {MAX_SYMBOLS:.0%})" if symbols > MAX_SYMBOLS else
               f"{repeated:.0%} repeated phrases (over {MAX_REPEATED:.0%})" if repeated > MAX_REPEATED else "")
-    return TextCheck(len(words), real, symbols, repeated, emoji, True, bool(reason), reason)
+    return verdict(real, True, bool(reason), reason)

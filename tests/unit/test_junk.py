@@ -58,6 +58,23 @@ def test_an_answer_that_dissolves_into_emoji_soup_is_junk():
     assert junk.check_text(family).emoji_run == 5 and not junk.check_text(family).junk
 
 
+def test_an_answer_that_dissolves_into_a_run_of_one_mark_is_junk():
+    """The recipe-5 warm policy's answers past the corpus's 80 tokens: a 16-comma token, dollar soup. Layout marks
+    (rules, fences, box drawing) and the ellipses and exclamations of warm writing stay fine."""
+    tail = ("Another tip is pick one item off of your fridge today that has nothing else planned except maybe food "
+            "from another country,,,,,,,,,,,,,,,,...so dont forget about those trips they took years ago")
+    check = junk.check_text(tail)
+    assert check.junk and check.mark_run == 16 and "mark soup" in check.reason, check
+    assert junk.check_text("Here is how it works: " + "$" * 42 + " and that is all you need to know.").junk
+    fine = ["Wait for it........ then pour the water and let the kettle cool down before you rinse it.",
+            "You did it!!!!! Running your first mile is a big deal, so be proud of yourself today.",
+            "## Steps\n---------\n1. **Soak** the pot overnight.\n2. Rinse it well.\n```\ncode\n```",
+            "A cosy evening in with a cup of tea and a good book is all you need.\n═══════════\nEnjoy the quiet and the rain outside, and let the week go."]
+    for text in fine:
+        assert not junk.check_text(text).junk, (text, junk.check_text(text).reason)
+    assert [junk.mark_run(t) for t in fine] == [8, 5, 1, 1]  # a rule, a fence and a box are layout
+
+
 @pytest.mark.parametrize("text,reason", [
     ("", "empty"), ("   \n\t ", "empty"), ("🌿🌿🌿😊", "no words"), ("** | --- | **\n- \n1.", "no words"),
     ("plant plant water plant plant water plant plant water plant plant water plant plant water", "repeated"),
