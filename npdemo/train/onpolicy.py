@@ -39,6 +39,8 @@ class OnPolicyConfig:
     round_context: int = 10       # labelled pairs behind each user's z: the app's count
     round_tokens: int = 160       # new tokens per answer
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
+    round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
+                                   # fixes junk without the reward's other preferences (brevity) riding along
 
 
 @dataclass
@@ -72,10 +74,14 @@ def reference_of(policy: ConditionalPolicy, rows: Rows, batch: int = 16) -> torc
                           for i in tqdm(range(0, len(rows), batch), desc="reference log-probs")])
 
 
-def rank_answers(w: np.ndarray, a: ScoredAnswers, b: ScoredAnswers, min_gap: float) -> tuple[np.ndarray, np.ndarray]:
+def rank_answers(w: np.ndarray, a: ScoredAnswers, b: ScoredAnswers, min_gap: float,
+                 junk_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Which rows make a pair, and whether a won. A pair needs a reward gap of at least min_gap for its user (w: one
     row per answer) and a winner that is not junk: RPO raises the chosen answer's likelihood, so it must be text
-    worth writing; a junk loser is what the rounds are for."""
+    worth writing; a junk loser is what the rounds are for. `junk_only`: only pairs of one junk and one clean
+    answer, whatever the gap."""
+    if junk_only:
+        return a.junk != b.junk, b.junk
     gap = a.reward(w) - b.reward(w)
     winner_junk = np.where(gap > 0, a.junk, b.junk)
     return (np.abs(gap) >= min_gap) & ~winner_junk, gap > 0
@@ -99,7 +105,7 @@ def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, 
     sampled = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens),
                      progress=f"{len(prompts)} sampled answers")
     a, b = score_answers(policy, prompts, greedy), score_answers(policy, prompts, sampled)
-    keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap)
+    keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap, cfg.round_junk_only)
     rows_a, rows_b = answer_rows(policy, prompts, greedy), answer_rows(policy, prompts, sampled)
     idx = np.flatnonzero(keep)
     chosen = [rows_a[i] if a_won[i] else rows_b[i] for i in idx]

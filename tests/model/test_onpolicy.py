@@ -31,6 +31,14 @@ def test_the_users_reward_ranks_the_answers_and_junk_never_wins():
     assert QUALITY_WEIGHT > 0 and keep.tolist() == [True, False, True, False] and a_won.tolist() == [True, False, True, True]
 
 
+def test_junk_only_rounds_pair_a_junk_answer_with_a_clean_one_whatever_the_reward():
+    # rows: b junk (a wins though b is more concise); a junk; both clean; both junk
+    a = scored([0.2, 0.9, 0.9, 0.5], [False, True, False, True])
+    b = scored([0.8, 0.1, 0.1, 0.5], [True, False, False, True])
+    keep, a_won = onpolicy.rank_answers(np.tile([1.0, 0, 0], (4, 1)), a, b, min_gap=0.05, junk_only=True)
+    assert keep.tolist() == [True, True, False, False] and a_won[keep].tolist() == [True, False]
+
+
 def test_an_answer_row_gets_its_eos_only_if_it_ended():
     policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
     rows = onpolicy.answer_rows(policy, ["Hi?", "Hi?"], Answers(["Hello there.", "Hello there."], [True, False]))
