@@ -90,7 +90,7 @@ def time_stream(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
 def time_decode(streamer: Streamer, z: torch.Tensor | None, n: int) -> float:
     """npdemo's tokens/s: the policy under the streamer's lock, steered by z (None: LoRA and FiLM off)."""
     policy = streamer.policy
-    with streamer.lock, policy.conditioned(z):
+    with streamer.lock, policy.conditioned([None] if z is None else z):  # [None]: the app's base row, LoRA off
         return time_generate(policy.model, policy.lm, n)
 
 

@@ -47,7 +47,7 @@ class FiLMHooks:
     """Forward hooks on the decoder layers that apply the current (gamma, beta); inactive when unset.
 
     `applied` cuts (gamma, beta) into per-layer (B, 1, D) slices in the activations' dtype once, so a decoding step
-    pays one multiply and one add per layer."""
+    pays one fused multiply-add per layer."""
 
     def __init__(self, model: nn.Module):
         self.layers = model.get_decoder().layers
@@ -61,7 +61,7 @@ class FiLMHooks:
             if self.gamma is None:
                 return None  # None keeps the layer output unchanged
             hs = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple, 5 a tensor
-            hs = hs * self.gamma[i] + self.beta[i]  # (B, 1, D) broadcast over positions
+            hs = torch.addcmul(self.beta[i], hs, self.gamma[i])  # gamma h + beta, (B, 1, D) over positions: one op
             return (hs, *out[1:]) if isinstance(out, tuple) else hs
         return hook
 

@@ -67,10 +67,13 @@ class LoRALinear(nn.Module):
         x = x.to(a.dtype)
         if self.training:  # dropout is the identity in eval, and its call a tenth of the update's cost
             x = self.lora_dropout(x)
-        h = F.linear(F.linear(x, a), self.lora_B.weight) * self.scaling
+        xa = F.linear(x, a)
         if self.switch.rows is not None:
-            h = h * self.switch.rows
-        return y + h.to(y.dtype)  # added in the base's precision, as peft's per-row path (generation) did
+            xa = xa * self.switch.rows  # masked at rank r, before B: r values a row instead of out_features
+        # one fused call, y + scaling * xa B^T, in the adapters' precision (fp32; a 4-bit or bf16 base's y is cast)
+        out = torch.addmm(y.reshape(-1, y.shape[-1]).to(xa.dtype), xa.reshape(-1, xa.shape[-1]),
+                          self.lora_B.weight.t(), alpha=self.scaling)
+        return out.view(y.shape).to(y.dtype)
 
 
 def add_lora(model: nn.Module, cfg: LoRAConfig) -> LoRASwitch:
