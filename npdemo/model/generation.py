@@ -70,7 +70,7 @@ def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str |
 
 
 MAX_STRENGTH = 2.0  # steering strength a scales FiLM's move: gamma = 1 + a (gamma - 1); 1 is as trained
-DEFAULT_STRENGTH = 0.75  # the app's and evaluate's default: recipe 5 at 1.0 ends a third of its warm answers in mark soup
+DEFAULT_STRENGTH = 0.75  # the app's and evaluate's default: recipe 5 at 1.0 ends 28-30 % of its warm answers in mark soup
                          # (README, *Recipe 5 at strength 0.75*)
 
 
