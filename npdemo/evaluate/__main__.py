@@ -36,6 +36,9 @@ class EvalConfig:
     in_context: bool = GenerationConfig.in_context
     dirichlet_users: int = GenerationConfig.dirichlet_users
     strength: float = GenerationConfig.strength  # steering strength of every steered row
+    fade_start: int = GenerationConfig.fade_start  # FiLM fades from this new token on (0: no fade) ...
+    fade_length: int = GenerationConfig.fade_length  # ... over this many tokens ...
+    fade_floor: float = GenerationConfig.fade_floor  # ... to this share of its move
     quality_weight: float = simulated_users.QUALITY_WEIGHT  # reward, selection: the simulated users' lambda
     reward_dir: str = str(REWARD_DIR)       # reward, selection: the checkpoints to score
 
@@ -43,7 +46,7 @@ class EvalConfig:
 def generation_config(c: EvalConfig) -> GenerationConfig:
     return GenerationConfig(prompts=c.prompts, contexts=c.contexts, decodings=c.decodings, new_tokens=c.new_tokens,
                             in_context=c.in_context, dirichlet_users=c.dirichlet_users, strength=c.strength,
-                            seed=c.seed)
+                            fade_start=c.fade_start, fade_length=c.fade_length, fade_floor=c.fade_floor, seed=c.seed)
 
 
 TASKS = {"synthetic": lambda c: evaluate_synthetic(c.users, c.seed),

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from ..data.users import sample_users, strongest_labels
 from ..model import quality
 from ..model.context_encoder import ContextEncoder
 from ..model.answer_scores import ScoredAnswers, score_answers
-from ..model.generation import DEFAULT_STRENGTH, Answers, Sampling, answer, generate_base_shared_prefix
+from ..model.film import Fade
+from ..model.generation import DEFAULT_FADE, DEFAULT_STRENGTH, Answers, Sampling, answer, generate_base_shared_prefix
 from ..model.in_context import in_context_prompt
 from ..model.policy import ConditionalPolicy
 from .metrics import mean_se_dict, tie_half
@@ -46,7 +47,18 @@ class GenerationConfig:
     dirichlet_users: int = 60    # steerability users, each on `dirichlet_prompts` test prompts
     dirichlet_prompts: int = 5
     strength: float = DEFAULT_STRENGTH  # steering strength of every steered row (the app's default)
+    fade_start: int = DEFAULT_FADE.start  # FiLM fades from this new token on (0: steered to the end of the answer)
+    fade_length: int = DEFAULT_FADE.length  # over this many tokens
+    fade_floor: float = DEFAULT_FADE.floor  # down to this share of its move
     seed: int = 1234
+
+    def fade(self) -> Fade | None:
+        return Fade(self.fade_start, self.fade_length, self.fade_floor) if self.fade_start > 0 else None
+
+    def fade_record(self) -> dict | None:
+        """The fade as written into a result's JSON."""
+        fade = self.fade()
+        return None if fade is None else asdict(fade)
 
 
 def win_rate(w: np.ndarray, ours: ScoredAnswers, other: ScoredAnswers) -> float:
@@ -67,10 +79,10 @@ def decodings(cfg: GenerationConfig) -> dict[str, Sampling]:
 
 
 def seeded_answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling,
-                  seed: int, strength: float = 1.0) -> Answers:
+                  seed: int, strength: float = 1.0, fade: Fade | None = DEFAULT_FADE) -> Answers:
     """`answer` with torch's generator seeded first: a sampled row is reproducible (greedy ignores the seed)."""
     torch.manual_seed(seed)
-    return answer(policy, prompts, z, sampling, strength)
+    return answer(policy, prompts, z, sampling, strength, fade=fade)
 
 
 def test_prompts(bank: Bank, n: int) -> list[str]:
@@ -113,7 +125,8 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
                        for _ in range(cfg.contexts)] for name, w in USERS.items()}
     prior = encoder.latent(*bank.context([])).expand(n, -1)
     out: dict = {"prompts": n, "new_tokens": cfg.new_tokens, "fluency_tokens": cfg.fluency_tokens,
-                 "contexts": cfg.contexts, "strength": cfg.strength, "users": {u: w.round(3).tolist()
+                 "contexts": cfg.contexts, "strength": cfg.strength,
+                 "fade": cfg.fade_record(), "users": {u: w.round(3).tolist()
                                                                               for u, w in USERS.items()},
                  "corpus": corpus_fluency(policy, bank, prompts, cfg.fluency_tokens), "decodings": {}}
     for d, sampling in decodings(cfg).items():
@@ -121,13 +134,14 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
         rows = {"base": scored(seeded_answer(policy, prompts, None, sampling, seed))}
         if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
             rows["dpo_mixed"] = scored(seeded_answer(mixed, prompts, torch.zeros(n, mixed.cfg.latent), sampling, seed))
-        rows["np_dpo, no labels"] = scored(seeded_answer(policy, prompts, prior, sampling, seed, cfg.strength))
+        rows["np_dpo, no labels"] = scored(seeded_answer(policy, prompts, prior, sampling, seed, cfg.strength,
+                                                                 cfg.fade()))
         for c in range(cfg.contexts if d == "greedy" else 1):
             for name in tqdm(USERS, desc=f"steering users ({d}, context {c + 1})", unit="user"):
                 ep = contexts[name][c]
                 z = encoder.latent(ep.ctx, ep.ctx_mask).expand(n, -1)
                 rows[row_key("np_dpo", name, c)] = scored(seeded_answer(policy, prompts, z, sampling, seed,
-                                                                        cfg.strength))
+                                                                        cfg.strength, cfg.fade()))
                 if c == 0 and cfg.in_context:
                     pairs = orient(bank.pairs.numpy()[ep.tgt_pair.numpy()[0]], ep.tgt_y.numpy()[0])
                     torch.manual_seed(seed)
@@ -188,13 +202,13 @@ def steerability(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
                                            for wi in w]),
                "10 random labelled pairs": encoder.latent(ep.ctx, ep.ctx_mask)}
     sampling = Sampling(max_new_tokens=cfg.new_tokens, greedy=True)
-    out = {"users": len(w), "prompts": prompts}
+    out = {"users": len(w), "prompts": prompts, "fade": cfg.fade_record()}
     for name, z in latents.items():
         rows_z = z.repeat_interleave(len(prompts), 0)
         rows_p = prompts * len(w)
         texts, ended = [], []
         for i in tqdm(range(0, len(rows_p), batch), desc=f"steerability ({name})", unit="batch"):
-            a = answer(policy, rows_p[i:i + batch], rows_z[i:i + batch], sampling, cfg.strength)
+            a = answer(policy, rows_p[i:i + batch], rows_z[i:i + batch], sampling, cfg.strength, fade=cfg.fade())
             texts += a.texts
             ended += a.ended
         scored = score_answers(policy, rows_p, Answers(texts, ended))
@@ -222,14 +236,15 @@ def app_precision(app_policy: ConditionalPolicy, encoder: ContextEncoder, scorer
     with fluency under the fp32 base (`scorer`): the rows the app would stream."""
     prompts, rng = test_prompts(bank, cfg.prompts), np.random.default_rng(cfg.seed)
     sampling = Sampling(max_new_tokens=cfg.new_tokens)
-    out = {"quant": app_policy.lm.quant, "prompts": len(prompts), "rows": {}}
+    out = {"quant": app_policy.lm.quant, "prompts": len(prompts),
+           "fade": cfg.fade_record(), "rows": {}}
     rows = {"base": None}
     for name, w in USERS.items():
         ep = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])[0]
         rows[f"np_dpo, {name}"] = encoder.latent(ep.ctx, ep.ctx_mask).expand(len(prompts), -1)
     for name, z in tqdm(rows.items(), desc=f"app precision ({app_policy.lm.quant})", unit="row"):
         scored = score_answers(scorer, prompts, seeded_answer(app_policy, prompts, z, sampling, cfg.seed,
-                                                              cfg.strength))
+                                                              cfg.strength, cfg.fade()))
         out["rows"][name] = {"junk": int(scored.junk.sum()), "eos_share": float(scored.ended.mean()),
                              "fluency": round(float(np.nanmean(scored.fluency)), 3), "examples": scored.texts[:2]}
     return out

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from ..data.tokens import chat_text, common_prefix, encode, generate_after_prefix, left_pad
+from .film import Fade
 from .policy import ConditionalPolicy
 
 
@@ -72,6 +73,8 @@ def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str |
 MAX_STRENGTH = 2.0  # steering strength a scales FiLM's move: gamma = 1 + a (gamma - 1); 1 is as trained
 DEFAULT_STRENGTH = 0.75  # the app's and evaluate's default: recipe 5 at 1.0 ends 28-30 % of its warm answers in mark soup
                          # (README, *Recipe 5 at strength 0.75*)
+DEFAULT_FADE = Fade()  # FiLM fades out over new tokens 65-96, where the training responses stop (README,
+                       # *The trained horizon*)
 
 
 def check_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
@@ -126,13 +129,14 @@ class RowTokens(BaseStreamer):
 
 @torch.no_grad()
 def generate_rows(policy: ConditionalPolicy, prompts: list[str], zs: list[torch.Tensor | None], sampling: Sampling,
-                  collector: RowTokens, strengths: list[float] | None = None, **generate_kwargs) -> None:
-    """One batched generate call, row i steered by zs[i] (None: base) at strengths[i] (default 1), its tokens
-    collected by `collector`."""
+                  collector: RowTokens, strengths: list[float] | None = None, fade: Fade | None = DEFAULT_FADE,
+                  **generate_kwargs) -> None:
+    """One batched generate call, row i steered by zs[i] (None: base) at strengths[i] (default 1) with FiLM faded
+    past the trained horizon (`fade`; None: steered to the end), its tokens collected by `collector`."""
     check_rows(policy, prompts, zs, sampling, strengths)
     ids, mask = left_pad([prompt_ids(policy, p)[0] for p in prompts], policy.tokenizer.pad_token_id)
     dev = policy.lm.device
-    with policy.conditioned(zs, strengths):
+    with policy.conditioned(zs, strengths, fade):
         policy.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), streamer=collector,
                               pad_token_id=policy.tokenizer.pad_token_id, **sampling.generate_kwargs(),
                               **generate_kwargs)
@@ -151,13 +155,13 @@ class Answers:
 
 
 def answer(policy: ConditionalPolicy, prompts: list[str], z: torch.Tensor | None, sampling: Sampling,
-           strength: float = 1.0, progress: str | None = None) -> Answers:
-    """Batched answers, row i conditioned on z[i] at one steering strength; z = None: the unsteered base model.
+           strength: float = 1.0, progress: str | None = None, fade: Fade | None = DEFAULT_FADE) -> Answers:
+    """Batched answers, row i conditioned on z[i] at one steering strength and fade; z = None: the base model.
     `progress`: show a progress bar of that name over the decoding steps (a long batch)."""
     zs = [None] * len(prompts) if z is None else list(z)
     with tqdm(total=sampling.max_new_tokens, desc=progress, unit="token", disable=progress is None) as bar:
         collector = row_tokens(policy, len(prompts), None if progress is None else lambda _: bar.update())
-        generate_rows(policy, prompts, zs, sampling, collector, [strength] * len(prompts))
+        generate_rows(policy, prompts, zs, sampling, collector, [strength] * len(prompts), fade)
     return Answers(collector.texts(), list(collector.finished))
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..data.base_model import LoadedModel
-from .film import FiLM, FiLMHooks
+from .film import Fade, FiLM, FiLMHooks
 from .lora import LoRAConfig, add_lora
 
 
@@ -81,12 +81,14 @@ class ConditionalPolicy:
         return self.lora.set(True, torch.tensor(steered, dtype=torch.float32, device=self.lm.device)[:, None, None])
 
     @contextmanager
-    def conditioned(self, zs: Sequence[torch.Tensor | None] | None, strengths: Sequence[float] | None = None):
+    def conditioned(self, zs: Sequence[torch.Tensor | None] | None, strengths: Sequence[float] | None = None,
+                    fade: Fade | None = None):
         """Steer row by row inside the block (zs (B, Z), or a list whose None rows are the base model: no LoRA, no
-        FiLM), each row at its steering strength (default 1). zs None: FiLM off, LoRA as switched outside."""
+        FiLM), each row at its steering strength (default 1), FiLM faded past `fade.start` new tokens if given.
+        zs None: FiLM off, LoRA as switched outside."""
         if isinstance(zs, torch.Tensor) and (zs.dim() != 2 or zs.shape[1] != self.cfg.latent):
             raise ValueError(f"z must have shape (B, {self.cfg.latent}), got {tuple(zs.shape)}")
-        with self.hooks.applied(*self.modulation([] if zs is None else zs, strengths)):
+        with self.hooks.applied(*self.modulation([] if zs is None else zs, strengths), fade):
             if zs is None:
                 yield
             else:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..model.generation import DEFAULT_STRENGTH, MAX_STRENGTH, Sampling
+from ..model.generation import DEFAULT_FADE, DEFAULT_STRENGTH, MAX_STRENGTH, Sampling
 from .engine import Engine
 from .session import ORDERS, ProfileError, Session
 from .views import (KEYS_HELP, OUTPUT_HELP, PLOT_HELP, pair_markdown, progress_text, safe_markdown, scores_markdown,
@@ -196,7 +196,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
         gr.Examples(EXAMPLES, inputs=[prompt])
         strength = gr.Slider(0, MAX_STRENGTH, value=DEFAULT_STRENGTH, step=0.05, label="steering strength",
                              info=f"how far your latent moves the model: 0 = the shared LoRA only, 1 = as trained "
-                                  f"(default {DEFAULT_STRENGTH}, measured)",
+                                  f"(default {DEFAULT_STRENGTH}, measured); it fades out over tokens "
+                                  f"{DEFAULT_FADE.start + 1}-{DEFAULT_FADE.start + DEFAULT_FADE.length}, where the "
+                                  f"answers the policy learnt from end",
                              elem_id="strength")
         with gr.Accordion("Sampling settings", open=False):
             in_ctx = gr.Checkbox(label="Also run the in-context baseline (your labelled pairs in the prompt; slower)")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import GREEDY, make_tiny_lm, perturb
+from npdemo.model.film import Fade
 from npdemo.model.generation import Sampling, answer, generate, prompt_ids
 from npdemo.model.policy import ConditionalPolicy, PolicyConfig
 
@@ -261,3 +262,25 @@ def test_int4_linear_is_the_grouped_4bit_weight():
 def logits_of(pol, ids, z):
     with torch.no_grad(), pol.conditioned(z):
         return pol.model(ids).logits
+
+
+def test_steering_fades_past_the_trained_horizon(policy):
+    """Tokens before `start` are the unfaded policy's; FiLM's share then falls linearly to the floor, one step per
+    new token, and the state is restored after the block."""
+    perturb(policy)
+    z, prompts = torch.randn(2, 8) * 3, ["How do I boil an egg?", "Tips for a rainy day?"]
+    long = Sampling(max_new_tokens=12, greedy=True)
+    shares = []
+    handle = policy.hooks.layers[1].register_forward_pre_hook(lambda m, a: shares.append(policy.hooks.factor))
+    fade = Fade(start=4, length=4, floor=0.0)
+    try:
+        faded = answer(policy, prompts, z, long, fade=fade)
+    finally:
+        handle.remove()
+    assert shares[:12] == [1.0] * 4 + [0.75, 0.5, 0.25] + [0.0] * 5  # forward k writes token k + 1
+    full = answer(policy, prompts, z, long, fade=None)
+    prefix = answer(policy, prompts, z, Sampling(max_new_tokens=4, greedy=True), fade=None)
+    assert all(f.startswith(p) for f, p in zip(faded.texts, prefix.texts))  # the first 4 tokens are unchanged
+    assert faded.texts != full.texts  # and the fade does act on the rest
+    assert policy.hooks.fade is None and policy.hooks.gamma is None and policy.hooks.factor == 1.0
+    assert Fade(start=4, length=4, floor=0.5).factor(20) == 0.5
