@@ -246,7 +246,8 @@ def app_precision(app_policy: ConditionalPolicy, encoder: ContextEncoder, scorer
         scored = score_answers(scorer, prompts, seeded_answer(app_policy, prompts, z, sampling, cfg.seed,
                                                               cfg.strength, cfg.fade()))
         out["rows"][name] = {"junk": int(scored.junk.sum()), "eos_share": float(scored.ended.mean()),
-                             "fluency": round(float(np.nanmean(scored.fluency)), 3), "examples": scored.texts[:2]}
+                             "fluency": round(float(np.nanmean(scored.fluency)), 3), "examples": scored.texts[:2],
+                             "answers": scored.texts, "junk_answers": np.flatnonzero(scored.junk).tolist()}
     return out
 
 

@@ -6,7 +6,8 @@ how far any latent can push a layer (an unbounded gamma let DPO scale hidden sta
 junk) with a soft clamp, gamma - 1 = s tanh(W z / s): moves well under s pass unchanged. Recipe 2's squash,
 s tanh(W z), also scaled every move by s, so under Adam FiLM learnt s times slower than LoRA and never reached
 the cap (its |gamma - 1| stayed under 0.04 for s = 0.1): it braked the steering rather than capping it.
-Applied with forward hooks, not wrapper modules: wrappers would rename the base model's state-dict keys.
+Applied with forward hooks, not wrapper modules: wrappers would rename the base model's state-dict keys. When
+generating, a `Fade` shrinks the move to nothing past the answer length the policy was trained on.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class Fade:
     """Steering that fades out past the answer length the policy was trained on. The corpus's responses stop by
     token 80, and recipe 5's steered answers that fell into mark soup started it after token 80 in 67 of 68 cases
     (README, *The trained horizon*): from new token `start` on, FiLM's move shrinks linearly to `floor` times
-    itself over `length` tokens. The answer so far keeps its style in the base model's continuation."""
+    itself over `length` tokens, and the LoRA-adapted base model continues the steered start. Measured: junk
+    falls from 38 answers to 4 in 900, and answers stop less often, so the styles weaken."""
     start: int = 64
     length: int = 32
     floor: float = 0.0
