@@ -125,9 +125,8 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
                        for _ in range(cfg.contexts)] for name, w in USERS.items()}
     prior = encoder.latent(*bank.context([])).expand(n, -1)
     out: dict = {"prompts": n, "new_tokens": cfg.new_tokens, "fluency_tokens": cfg.fluency_tokens,
-                 "contexts": cfg.contexts, "strength": cfg.strength,
-                 "fade": cfg.fade_record(), "users": {u: w.round(3).tolist()
-                                                                              for u, w in USERS.items()},
+                 "contexts": cfg.contexts, "strength": cfg.strength, "fade": cfg.fade_record(),
+                 "users": {u: w.round(3).tolist() for u, w in USERS.items()},
                  "corpus": corpus_fluency(policy, bank, prompts, cfg.fluency_tokens), "decodings": {}}
     for d, sampling in decodings(cfg).items():
         seed = cfg.seed  # every row of a decoding draws from the same seed
@@ -135,7 +134,7 @@ def steering(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg
         if mixed is not None:  # any z gives the mixed policy identity FiLM; a z (not None) keeps its LoRA on
             rows["dpo_mixed"] = scored(seeded_answer(mixed, prompts, torch.zeros(n, mixed.cfg.latent), sampling, seed))
         rows["np_dpo, no labels"] = scored(seeded_answer(policy, prompts, prior, sampling, seed, cfg.strength,
-                                                                 cfg.fade()))
+                                                         cfg.fade()))
         for c in range(cfg.contexts if d == "greedy" else 1):
             for name in tqdm(USERS, desc=f"steering users ({d}, context {c + 1})", unit="user"):
                 ep = contexts[name][c]
@@ -236,8 +235,7 @@ def app_precision(app_policy: ConditionalPolicy, encoder: ContextEncoder, scorer
     with fluency under the fp32 base (`scorer`): the rows the app would stream."""
     prompts, rng = test_prompts(bank, cfg.prompts), np.random.default_rng(cfg.seed)
     sampling = Sampling(max_new_tokens=cfg.new_tokens)
-    out = {"quant": app_policy.lm.quant, "prompts": len(prompts),
-           "fade": cfg.fade_record(), "rows": {}}
+    out = {"quant": app_policy.lm.quant, "prompts": len(prompts), "fade": cfg.fade_record(), "rows": {}}
     rows = {"base": None}
     for name, w in USERS.items():
         ep = sample_users(bank, "train", 1, cfg.context, np.array([cfg.context]), rng, weights=w[None])[0]
