@@ -7,12 +7,18 @@ off-policy steps, each round: simulated train users label `round_context` pairs 
 train prompts twice, greedy and with the app's default sampling; the user's quality-aware reward ranks the two
 (junk loses to any real answer: `npdemo.model.answer_scores`); DPO + RPO trains on (better, worse). The better
 answer is the policy's own text, so the RPO term anchors what the policy already writes well.
+
+`--round_source styled` makes the same rounds off-policy and long: each user's two answers are the base model's
+styled samples (the corpus's sampler: a style demonstration, its temperatures and repetition penalty) at
+`round_tokens`, filtered as the corpus's are. The corpus stops its responses at 80 tokens, the app writes up to 192, and the
+steered answers that fell into mark soup did so past token 80: these pairs show the policy styled text, and its
+end, at the app's length.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,8 @@ from tqdm import tqdm
 
 from .. import config
 from ..data.bank import Bank
+from ..data.corpus import read_jsonl
+from ..data.base_model import LoadedModel
 from ..data.tokens import chat_ids
 from ..data.users import sample_users
 from ..model.answer_scores import ScoredAnswers, score_answers
@@ -28,6 +36,7 @@ from ..model.context_encoder import ContextEncoder
 from ..model.generation import Answers, Sampling, answer
 from ..model.logprobs import Rows, logprobs
 from ..model.policy import ConditionalPolicy
+from .corpus_build import CorpusConfig, SHORT_STYLES, complete_text, degenerate, generate, load_style_demos
 from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainable
 
 
@@ -41,6 +50,8 @@ class OnPolicyConfig:
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
+    round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
+                                  # of the base model's styled samples, different styles, complete at round_tokens)
 
 
 @dataclass
@@ -87,10 +98,45 @@ def rank_answers(w: np.ndarray, a: ScoredAnswers, b: ScoredAnswers, min_gap: flo
     return (np.abs(gap) >= min_gap) & ~winner_junk, gap > 0
 
 
+def policy_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.Tensor, cfg: OnPolicyConfig,
+                   seed: int) -> tuple[Answers, Answers, np.ndarray]:
+    """The policy's greedy and sampled answer to each prompt (every pair usable)."""
+    greedy = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens, greedy=True),
+                    progress=f"{len(prompts)} greedy answers")
+    torch.manual_seed(seed)
+    sampled = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens),
+                     progress=f"{len(prompts)} sampled answers")
+    return greedy, sampled, np.ones(len(prompts), bool)
+
+
+def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng: np.random.Generator,
+                   path: Path) -> tuple[Answers, Answers, np.ndarray]:
+    """Two base-model samples per prompt in two different styles, sampled and filtered as the corpus's are, but up
+    to round_tokens (short styles: 40, as there): one that hit the limit is cut after its last sentence, and a pair
+    is usable if neither side is degenerate (cut off, repetitive, ...). Samples are appended to `path`, so an
+    interrupted round resumes."""
+    corpus, styles = CorpusConfig(), sorted(load_style_demos())
+    temps = [float(t) for t in corpus.temperatures.split(",")]
+    jobs = []
+    for i, p in enumerate(prompts):
+        for side, style in zip("ab", rng.choice(styles, 2, replace=False)):
+            jobs.append({"key": f"{i}:{side}", "prompt_id": str(i), "prompt": p, "style": str(style),
+                         "demo": int(rng.integers(4)), "temperature": float(rng.choice(temps)),
+                         "top_k": corpus.top_k, "repetition_penalty": corpus.repetition_penalty,
+                         "max_new_tokens": 40 if style in SHORT_STYLES else cfg.round_tokens})
+    generate(lm, jobs, path, corpus.batch_size, corpus.chunk_prompts)
+    done = {r["key"]: r for r in read_jsonl(path)}
+    a, b = ([done[f"{i}:{side}"] for i in range(len(prompts))] for side in "ab")
+    usable = np.array([not (degenerate(x) or degenerate(y)) for x, y in zip(a, b)])
+    return (*(Answers([complete_text(r) or r["response"] for r in side], [r["finished"] for r in side])
+              for side in (a, b)), usable)
+
+
 @torch.no_grad()
 def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
-                conditioned: bool, rng: np.random.Generator, seed: int) -> RoundPairs:
-    """Draw users and prompts, let the policy answer them (greedy and sampled), and rank each user's two answers."""
+                conditioned: bool, rng: np.random.Generator, seed: int, samples: Path) -> RoundPairs:
+    """Draw users and prompts, get two answers to each (the policy's, or styled base samples kept in `samples`),
+    and rank each user's two answers."""
     U, P = cfg.round_users, cfg.round_prompts
     ep, w, _ = sample_users(bank, "train", U, cfg.round_context, np.full(U, cfg.round_context), rng)
     pool = sorted({r["prompt"] for r in bank.records if r["split"] == "train"})
@@ -99,19 +145,23 @@ def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, 
     z = encoder.latent(ep.ctx, ep.ctx_mask)[torch.from_numpy(user)]
     steer = z if conditioned else torch.zeros_like(z)  # DPO-mixed: identity FiLM, its LoRA on
     policy.model.eval()
-    greedy = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens, greedy=True),
-                    progress=f"{len(prompts)} greedy answers")
-    torch.manual_seed(seed)
-    sampled = answer(policy, prompts, steer, Sampling(max_new_tokens=cfg.round_tokens),
-                     progress=f"{len(prompts)} sampled answers")
-    a, b = score_answers(policy, prompts, greedy), score_answers(policy, prompts, sampled)
+    if cfg.round_source == "styled":
+        with policy.reference():
+            first, second, usable = styled_answers(policy.lm, prompts, cfg, rng, samples)
+    elif cfg.round_source == "policy":
+        first, second, usable = policy_answers(policy, prompts, steer, cfg, seed)
+    else:
+        raise ValueError(f"round_source {cfg.round_source!r}: use 'policy' or 'styled'")
+    a, b = score_answers(policy, prompts, first), score_answers(policy, prompts, second)
     keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap, cfg.round_junk_only)
-    rows_a, rows_b = answer_rows(policy, prompts, greedy), answer_rows(policy, prompts, sampled)
+    keep &= usable
+    rows_a, rows_b = answer_rows(policy, prompts, first), answer_rows(policy, prompts, second)
     idx = np.flatnonzero(keep)
     chosen = [rows_a[i] if a_won[i] else rows_b[i] for i in idx]
     rejected = [rows_b[i] if a_won[i] else rows_a[i] for i in idx]
-    stats = {"answers": 2 * len(prompts), "junk_greedy": int(a.junk.sum()), "junk_sampled": int(b.junk.sum()),
-             "pairs": int(len(idx)), "greedy_won": int(a_won[idx].sum())}
+    stats = {"answers": 2 * len(prompts), "junk_first": int(a.junk.sum()), "junk_second": int(b.junk.sum()),
+             "usable": int(usable.sum()), "pairs": int(len(idx)), "first_won": int(a_won[idx].sum()),
+             "chosen_tokens": float(np.mean([len(r[0]) - r[1] for r in chosen])) if chosen else 0.0}
     return RoundPairs(chosen, rejected, reference_of(policy, chosen), reference_of(policy, rejected),
                       z[torch.from_numpy(idx)], stats)
 
@@ -120,6 +170,14 @@ def _state_path(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> Path:
     """Where the rounds keep their state between rounds; the name pins both configs and the reference."""
     key = json.dumps([asdict(cfg), asdict(dpo_cfg), ref_key], sort_keys=True, default=str)
     return config.CACHE / "dpo" / f"onpolicy-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _samples_path(cfg: OnPolicyConfig, seed: int, ref_key: str, r: int) -> Path:
+    """Where round r's styled samples are kept. They depend on the round settings, the seed and the base model and
+    bank (ref_key), not on the policy, so NP-DPO and DPO-mixed share them (the same users rank the same pairs)."""
+    own = {f.name: getattr(cfg, f.name) for f in fields(OnPolicyConfig)}  # cfg may be the whole training config
+    key = json.dumps([own, seed, ref_key], sort_keys=True, default=str)
+    return config.CACHE / "dpo" / f"styled-{hashlib.sha256(key.encode()).hexdigest()[:16]}-round{r + 1}.jsonl"
 
 
 def has_state(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> bool:
@@ -146,7 +204,8 @@ def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
     step = log[-1]["step"] if log else 0
     for r in range(first, cfg.rounds):
         rng = np.random.default_rng([dpo_cfg.seed, r])
-        pairs = round_pairs(policy, encoder, bank, cfg, dpo_cfg.conditioned, rng, seed=dpo_cfg.seed + r)
+        pairs = round_pairs(policy, encoder, bank, cfg, dpo_cfg.conditioned, rng, seed=dpo_cfg.seed + r,
+                            samples=_samples_path(cfg, dpo_cfg.seed, ref_key, r))
         print(f"on-policy round {r + 1}: {pairs.stats}")
         policy.model.train()
         order = rng.permutation(len(pairs.chosen))

@@ -1,4 +1,7 @@
-"""On-policy rounds: the user's reward ranks the policy's two answers, junk never wins, and a round trains."""
+"""Rounds: the user's reward ranks two answers (the policy's, or styled base samples), junk never wins, a round
+trains."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from npdemo.model.context_encoder import ContextEncoder, EncoderConfig
 from npdemo.model.generation import Answers
 from npdemo.model.policy import ConditionalPolicy, PolicyConfig
 from npdemo.train import onpolicy
+from npdemo.train.corpus_build import SHORT_STYLES, complete_text, degenerate
 from npdemo.train.dpo import DPOConfig
 
 
@@ -46,23 +50,42 @@ def test_an_answer_row_gets_its_eos_only_if_it_ended():
     assert rows[0][0][:-1] == rows[1][0] and rows[0][0][-1] == eos and rows[0][1] == rows[1][1]
 
 
-def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["policy", "styled"])
+def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monkeypatch, source):
     monkeypatch.setattr(config, "CACHE", tmp_path)
     torch.manual_seed(0)
     policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
     encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
     film_before = [p.detach().clone() for p in policy.film.parameters()]
     cfg = onpolicy.OnPolicyConfig(rounds=1, round_users=3, round_prompts=2, round_context=2, round_tokens=6,
-                                  round_min_gap=0.0)
+                                  round_min_gap=0.0, round_source=source)
     log = onpolicy.train_rounds(policy, encoder, text_bank(), cfg, DPOConfig(users=2, lr=1e-2), "test",
                                 [{"step": 5}])
     entry = log[-1]
     assert len(log) == 2 and entry["round"] == 1 and entry["answers"] == 12
-    assert 0 <= entry["pairs"] <= 6 and entry["junk_greedy"] + entry["junk_sampled"] <= 12
+    assert 0 <= entry["pairs"] <= entry["usable"] <= 6 and entry["junk_first"] + entry["junk_second"] <= 12
     moved = any(not torch.equal(x, y) for x, y in zip(film_before, policy.film.parameters()))
     assert moved == (entry["pairs"] > 0)
     assert entry["step"] == 5 + -(-entry["pairs"] // 2)
-    assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
+    assert not list(tmp_path.glob("dpo/onpolicy-*"))
+    assert len(list(tmp_path.glob("dpo/styled-*.jsonl"))) == (source == "styled")  # kept for DPO-mixed's run
+
+
+def test_styled_answers_pair_two_styles_filtered_as_the_corpus_is(tmp_path):
+    torch.manual_seed(0)
+    lm = make_tiny_lm()
+    cfg = onpolicy.OnPolicyConfig(round_tokens=5)
+    prompts = ["How do I start running?", "What is a good breakfast?", "How do plants grow?"]
+    path = tmp_path / "styled.jsonl"
+    a, b, usable = onpolicy.styled_answers(lm, prompts, cfg, np.random.default_rng(0), path)
+    records = {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+    assert len(records) == 6 and len(a.texts) == len(b.texts) == 3
+    for i in range(3):
+        x, y = records[f"{i}:a"], records[f"{i}:b"]
+        assert x["style"] != y["style"] and x["prompt"] == y["prompt"] == prompts[i]
+        assert x["max_new_tokens"] == (40 if x["style"] in SHORT_STYLES else 5)
+        assert usable[i] == (not degenerate(x) and not degenerate(y))
+        assert (a.texts[i], a.ended[i]) == (complete_text(x) or x["response"], x["finished"])
 
 
 def test_rounds_start_only_from_a_current_recipe_checkpoint_of_the_same_offpolicy_settings(tmp_path):
@@ -114,3 +137,11 @@ def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypa
     log = onpolicy.train_rounds(*args, [])  # the cached state brings back the log given to the first call
     assert calls["n"] == 1 and [e.get("round") for e in log] == [None, 1, 2] and log[0] == {"step": 5}
     assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
+
+
+def test_np_dpo_and_dpo_mixed_share_their_styled_samples_but_not_other_round_settings():
+    from npdemo.train.stages import PolicyTrainConfig
+    path = lambda cfg: onpolicy._samples_path(cfg, 0, "ref", 0)
+    styled = PolicyTrainConfig(rounds=1, round_source="styled")
+    assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", conditioned=False, out="x"))
+    assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_tokens=96))
