@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from .. import config
 from ..data.bank import Bank
-from ..data.corpus import read_jsonl
 from ..data.base_model import LoadedModel
+from ..data.corpus import read_jsonl
+from ..data.junk import emoji_run
 from ..data.tokens import chat_ids
 from ..data.users import sample_users
 from ..model.answer_scores import ScoredAnswers, score_answers
@@ -50,6 +51,8 @@ class OnPolicyConfig:
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
+    round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
+                                   # corpus's kept responses: 2.65), since RPO raises its likelihood
     round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
                                   # of the base model's styled samples, different styles, complete at round_tokens)
 
@@ -132,11 +135,24 @@ def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng
               for side in (a, b)), usable)
 
 
+def winner_fit_to_learn(a: ScoredAnswers, b: ScoredAnswers, a_won: np.ndarray, chosen_emoji_run: int,
+                        chosen_nll: float) -> np.ndarray:
+    """Whether each pair's winner is text worth raising (RPO does): no emoji run longer than `chosen_emoji_run`
+    (recipe 5's rule for corpus pairs; < 0: any) and, if `chosen_nll` > 0, a mean NLL under the base at most that."""
+    fit = np.ones(len(a_won), bool)
+    if chosen_emoji_run >= 0:
+        fit &= np.array([emoji_run(x if won else y) for x, y, won in zip(a.texts, b.texts, a_won)]) <= chosen_emoji_run
+    if chosen_nll > 0:
+        fit &= np.where(a_won, a.fluency, b.fluency) <= chosen_nll  # NaN (too short to score) fails too
+    return fit
+
+
 @torch.no_grad()
 def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
-                conditioned: bool, rng: np.random.Generator, seed: int, samples: Path) -> RoundPairs:
+                conditioned: bool, rng: np.random.Generator, seed: int, samples: Path,
+                chosen_emoji_run: int = -1) -> RoundPairs:
     """Draw users and prompts, get two answers to each (the policy's, or styled base samples kept in `samples`),
-    and rank each user's two answers."""
+    and rank each user's two answers; only winners fit to learn train (`winner_fit_to_learn`)."""
     U, P = cfg.round_users, cfg.round_prompts
     ep, w, _ = sample_users(bank, "train", U, cfg.round_context, np.full(U, cfg.round_context), rng)
     pool = sorted({r["prompt"] for r in bank.records if r["split"] == "train"})
@@ -155,6 +171,7 @@ def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, 
     a, b = score_answers(policy, prompts, first), score_answers(policy, prompts, second)
     keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap, cfg.round_junk_only)
     keep &= usable
+    keep &= winner_fit_to_learn(a, b, a_won, chosen_emoji_run, cfg.round_chosen_nll)
     rows_a, rows_b = answer_rows(policy, prompts, first), answer_rows(policy, prompts, second)
     idx = np.flatnonzero(keep)
     chosen = [rows_a[i] if a_won[i] else rows_b[i] for i in idx]
@@ -173,10 +190,11 @@ def _state_path(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> Path:
 
 
 def _samples_path(cfg: OnPolicyConfig, seed: int, ref_key: str, r: int) -> Path:
-    """Where round r's styled samples are kept. They depend on the round settings, the seed and the base model and
-    bank (ref_key), not on the policy, so NP-DPO and DPO-mixed share them (the same users rank the same pairs)."""
-    own = {f.name: getattr(cfg, f.name) for f in fields(OnPolicyConfig)}  # cfg may be the whole training config
-    key = json.dumps([own, seed, ref_key], sort_keys=True, default=str)
+    """Where round r's styled samples are kept. They depend on what draws the users and prompts, the seed and the
+    base model and bank (ref_key), not on the policy or on how pairs are kept, so NP-DPO and DPO-mixed share them
+    (the same users rank the same pairs) and a change of pair rules samples nothing again."""
+    drawn = [cfg.round_users, cfg.round_prompts, cfg.round_context, cfg.round_tokens]
+    key = json.dumps([drawn, seed, ref_key])
     return config.CACHE / "dpo" / f"styled-{hashlib.sha256(key.encode()).hexdigest()[:16]}-round{r + 1}.jsonl"
 
 
@@ -205,7 +223,8 @@ def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
     for r in range(first, cfg.rounds):
         rng = np.random.default_rng([dpo_cfg.seed, r])
         pairs = round_pairs(policy, encoder, bank, cfg, dpo_cfg.conditioned, rng, seed=dpo_cfg.seed + r,
-                            samples=_samples_path(cfg, dpo_cfg.seed, ref_key, r))
+                            samples=_samples_path(cfg, dpo_cfg.seed, ref_key, r),
+                            chosen_emoji_run=dpo_cfg.chosen_emoji_run)
         print(f"on-policy round {r + 1}: {pairs.stats}")
         policy.model.train()
         order = rng.permutation(len(pairs.chosen))

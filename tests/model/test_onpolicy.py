@@ -43,6 +43,20 @@ def test_junk_only_rounds_pair_a_junk_answer_with_a_clean_one_whatever_the_rewar
     assert keep.tolist() == [True, True, False, False] and a_won[keep].tolist() == [True, False]
 
 
+def test_a_winner_trains_only_without_an_emoji_run_and_if_fluent_enough():
+    a = ScoredAnswers(["Great idea! 🎉🎉🎉", "Sure.", "Fine."], np.ones(3, bool), np.zeros((3, 3)),
+                      np.array([2.0, 3.1, np.nan]), np.full(3, 0.6), np.zeros(3, bool))
+    b = ScoredAnswers(["Try it.", "Lovely 🌟🌟", "Ok."], np.ones(3, bool), np.zeros((3, 3)),
+                      np.array([2.9, 2.2, 2.0]), np.full(3, 0.6), np.zeros(3, bool))
+    a_won, b_won = np.ones(3, bool), np.zeros(3, bool)
+    assert onpolicy.winner_fit_to_learn(a, b, a_won, -1, 0.0).tolist() == [True, True, True]
+    assert onpolicy.winner_fit_to_learn(a, b, a_won, 1, 0.0).tolist() == [False, True, True]  # a's 3-emoji run
+    assert onpolicy.winner_fit_to_learn(a, b, b_won, 1, 0.0).tolist() == [True, False, True]  # b's 2-emoji run
+    # NLL bar 2.65: a's 3.1 and unscored (NaN) fail; b's 2.9 fails
+    assert onpolicy.winner_fit_to_learn(a, b, a_won, -1, 2.65).tolist() == [True, False, False]
+    assert onpolicy.winner_fit_to_learn(a, b, b_won, -1, 2.65).tolist() == [False, True, True]
+
+
 def test_an_answer_row_gets_its_eos_only_if_it_ended():
     policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4))
     rows = onpolicy.answer_rows(policy, ["Hi?", "Hi?"], Answers(["Hello there.", "Hello there."], [True, False]))
@@ -139,9 +153,11 @@ def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypa
     assert not list(tmp_path.glob("dpo/onpolicy-*.pt"))
 
 
-def test_np_dpo_and_dpo_mixed_share_their_styled_samples_but_not_other_round_settings():
+def test_styled_samples_are_shared_by_np_dpo_dpo_mixed_and_other_pair_rules():
     from npdemo.train.stages import PolicyTrainConfig
     path = lambda cfg: onpolicy._samples_path(cfg, 0, "ref", 0)
     styled = PolicyTrainConfig(rounds=1, round_source="styled")
     assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", conditioned=False, out="x"))
+    assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", round_min_gap=0.2,
+                                                  round_chosen_nll=2.65))  # pair rules: the same samples
     assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_tokens=96))
