@@ -9,10 +9,10 @@ train prompts twice, greedy and with the app's default sampling; the user's qual
 answer is the policy's own text, so the RPO term anchors what the policy already writes well.
 
 `--round_source styled` makes the same rounds off-policy and long: each user's two answers are the base model's
-styled samples (the corpus's sampler: a style demonstration, its temperatures and repetition penalty) at
-`round_tokens`, filtered as the corpus's are. The corpus stops its responses at 80 tokens, the app writes up to 192, and the
-steered answers that fell into mark soup did so past token 80: these pairs show the policy styled text, and its
-end, at the app's length.
+styled samples (the corpus's sampler: a style demonstration, a temperature and a repetition penalty) up to
+`round_tokens`, filtered as the corpus's are. The corpus stops its responses at 80 tokens, the app writes up to
+192, and the steered answers that fell into mark soup did so past token 80: these pairs show the policy styled
+text, and its end, at the app's length.
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class OnPolicyConfig:
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
+    round_temperatures: str = "0.6,0.8,1.0"  # styled samples' temperatures (the corpus's)
     round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
     round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
@@ -115,11 +116,11 @@ def policy_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.T
 def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng: np.random.Generator,
                    path: Path) -> tuple[Answers, Answers, np.ndarray]:
     """Two base-model samples per prompt in two different styles, sampled and filtered as the corpus's are, but up
-    to round_tokens (short styles: 40, as there): one that hit the limit is cut after its last sentence, and a pair
-    is usable if neither side is degenerate (cut off, repetitive, ...). Samples are appended to `path`, so an
-    interrupted round resumes."""
+    to round_tokens (short styles: 40, as there) and at round_temperatures: one that hit the limit is cut after
+    its last sentence, and a pair is usable if neither side is degenerate (cut off, repetitive, ...). Samples are
+    appended to `path`, so an interrupted round resumes."""
     corpus, styles = CorpusConfig(), sorted(load_style_demos())
-    temps = [float(t) for t in corpus.temperatures.split(",")]
+    temps = [float(t) for t in cfg.round_temperatures.split(",")]
     jobs = []
     for i, p in enumerate(prompts):
         for side, style in zip("ab", rng.choice(styles, 2, replace=False)):
@@ -193,7 +194,7 @@ def _samples_path(cfg: OnPolicyConfig, seed: int, ref_key: str, r: int) -> Path:
     """Where round r's styled samples are kept. They depend on what draws the users and prompts, the seed and the
     base model and bank (ref_key), not on the policy or on how pairs are kept, so NP-DPO and DPO-mixed share them
     (the same users rank the same pairs) and a change of pair rules samples nothing again."""
-    drawn = [cfg.round_users, cfg.round_prompts, cfg.round_context, cfg.round_tokens]
+    drawn = [cfg.round_users, cfg.round_prompts, cfg.round_context, cfg.round_tokens, cfg.round_temperatures]
     key = json.dumps([drawn, seed, ref_key])
     return config.CACHE / "dpo" / f"styled-{hashlib.sha256(key.encode()).hexdigest()[:16]}-round{r + 1}.jsonl"
 

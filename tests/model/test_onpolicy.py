@@ -88,7 +88,7 @@ def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monke
 def test_styled_answers_pair_two_styles_filtered_as_the_corpus_is(tmp_path):
     torch.manual_seed(0)
     lm = make_tiny_lm()
-    cfg = onpolicy.OnPolicyConfig(round_tokens=5)
+    cfg = onpolicy.OnPolicyConfig(round_tokens=5, round_temperatures="0.7")
     prompts = ["How do I start running?", "What is a good breakfast?", "How do plants grow?"]
     path = tmp_path / "styled.jsonl"
     a, b, usable = onpolicy.styled_answers(lm, prompts, cfg, np.random.default_rng(0), path)
@@ -97,6 +97,7 @@ def test_styled_answers_pair_two_styles_filtered_as_the_corpus_is(tmp_path):
     for i in range(3):
         x, y = records[f"{i}:a"], records[f"{i}:b"]
         assert x["style"] != y["style"] and x["prompt"] == y["prompt"] == prompts[i]
+        assert x["temperature"] == y["temperature"] == 0.7
         assert x["max_new_tokens"] == (40 if x["style"] in SHORT_STYLES else 5)
         assert usable[i] == (not degenerate(x) and not degenerate(y))
         assert (a.texts[i], a.ended[i]) == (complete_text(x) or x["response"], x["finished"])
@@ -161,3 +162,4 @@ def test_styled_samples_are_shared_by_np_dpo_dpo_mixed_and_other_pair_rules():
     assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", round_min_gap=0.2,
                                                   round_chosen_nll=2.65))  # pair rules: the same samples
     assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_tokens=96))
+    assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_temperatures="0.6"))
