@@ -51,11 +51,11 @@ class OnPolicyConfig:
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
+    round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
+                                  # of the base model's styled samples in different styles, the corpus's filter)
     round_temperatures: str = "0.6,0.8,1.0"  # styled samples' temperatures (the corpus's)
     round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
-    round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
-                                  # of the base model's styled samples, different styles, complete at round_tokens)
 
 
 @dataclass
