@@ -55,6 +55,14 @@ def load_style_demos() -> dict[str, list[dict]]:
     return json.loads(STYLE_DEMOS.read_text(encoding="utf-8"))["styles"]
 
 
+def sampling_job(key: str, prompt_id: str, prompt: str, style: str, demo: int, temperature: float,
+                 max_new_tokens: int, cfg: CorpusConfig) -> dict:
+    """One generation job: a prompt in a style with the corpus's sampler (short styles stop at 40 tokens)."""
+    return {"key": key, "prompt_id": prompt_id, "prompt": prompt, "style": style, "demo": demo,
+            "temperature": temperature, "top_k": cfg.top_k, "repetition_penalty": cfg.repetition_penalty,
+            "max_new_tokens": 40 if style in SHORT_STYLES else max_new_tokens}
+
+
 def plan(prompt: Prompt, first: int, count: int, styles: list[str], cfg: CorpusConfig) -> list[dict]:
     """Generation jobs number first..first+count-1 for a prompt: style cycles, demo and temperature by hash."""
     temps = [float(t) for t in cfg.temperatures.split(",")]
@@ -62,10 +70,8 @@ def plan(prompt: Prompt, first: int, count: int, styles: list[str], cfg: CorpusC
     for c in range(first, first + count):
         h = int(hashlib.sha256(f"{prompt.id}:{c}:{cfg.seed}".encode()).hexdigest()[:8], 16)
         style = styles[(c + h) % len(styles)] if c >= len(styles) else styles[c]
-        jobs.append({"key": f"{prompt.id}:{c}", "prompt_id": prompt.id, "prompt": prompt.text, "style": style,
-                     "demo": h % 4, "temperature": temps[(h // 4) % len(temps)], "top_k": cfg.top_k,
-                     "repetition_penalty": cfg.repetition_penalty,
-                     "max_new_tokens": 40 if style in SHORT_STYLES else cfg.max_new_tokens})
+        jobs.append(sampling_job(f"{prompt.id}:{c}", prompt.id, prompt.text, style, h % 4,
+                                 temps[(h // 4) % len(temps)], cfg.max_new_tokens, cfg))
     return jobs
 
 

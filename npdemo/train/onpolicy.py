@@ -37,7 +37,7 @@ from ..model.context_encoder import ContextEncoder
 from ..model.generation import Answers, Sampling, answer
 from ..model.logprobs import Rows, logprobs
 from ..model.policy import ConditionalPolicy
-from .corpus_build import CorpusConfig, SHORT_STYLES, complete_text, degenerate, generate, load_style_demos
+from .corpus_build import CorpusConfig, complete_text, degenerate, generate, load_style_demos, sampling_job
 from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainable
 
 
@@ -124,10 +124,8 @@ def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng
     jobs = []
     for i, p in enumerate(prompts):
         for side, style in zip("ab", rng.choice(styles, 2, replace=False)):
-            jobs.append({"key": f"{i}:{side}", "prompt_id": str(i), "prompt": p, "style": str(style),
-                         "demo": int(rng.integers(4)), "temperature": float(rng.choice(temps)),
-                         "top_k": corpus.top_k, "repetition_penalty": corpus.repetition_penalty,
-                         "max_new_tokens": 40 if style in SHORT_STYLES else cfg.round_tokens})
+            jobs.append(sampling_job(f"{i}:{side}", str(i), p, str(style), int(rng.integers(4)),
+                                     float(rng.choice(temps)), cfg.round_tokens, corpus))
     generate(lm, jobs, path, corpus.batch_size, corpus.chunk_prompts)
     done = {r["key"]: r for r in read_jsonl(path)}
     a, b = ([done[f"{i}:{side}"] for i in range(len(prompts))] for side in "ab")
