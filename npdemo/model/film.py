@@ -47,11 +47,11 @@ class FiLM(nn.Module):
 
 @dataclass(frozen=True)
 class Fade:
-    """Steering that fades out past the answer length the policy was trained on. The corpus's responses stop by
-    token 80, and recipe 5's steered answers that fell into mark soup started it after token 80 in 67 of 68 cases
-    (README, *The trained horizon*): from new token `start` on, FiLM's move shrinks linearly to `floor` times
-    itself over `length` tokens, and the LoRA-adapted base model continues the steered start. Measured: junk
-    falls from 38 answers to 4 in 900, and answers stop less often, so the styles weaken."""
+    """Steering that fades out past the answer length the policy was trained on: from new token `start` on, FiLM's
+    move shrinks linearly to `floor` times itself over `length` tokens, and the LoRA-adapted base model continues
+    the steered start. Recipe 5 trained on the corpus's responses (up to 80 tokens) and its steered answers that
+    fell into mark soup started it after token 80 in 67 of 68 cases; faded from token 64, its junk fell from 38
+    answers to 4 in 900 (README, *The trained horizon*). Recipe 6 trains on styled answers up to 192 tokens."""
     start: int = 64
     length: int = 32
     floor: float = 0.0

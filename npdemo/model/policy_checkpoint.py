@@ -19,13 +19,15 @@ from .policy import ConditionalPolicy, PolicyConfig
 # 1: plain DPO, unbounded FiLM (wrote junk for corner users); 2: RPO likelihood term + FiLM squashed by s tanh(x)
 # (steered weakly: the squash slowed FiLM's learning s-fold); 3: RPO + FiLM soft-clamped by s tanh(x / s) (greedy
 # warm answers dissolved into emoji soup); 4: the on-policy rounds' candidate (not shipped); 5: recipe 3 with no
-# emoji run on the chosen side of a target pair
-RECIPE = 5
-MIXED_SINCE = 5  # recipe 5 changed the pairs DPO-mixed trains on too
+# emoji run on the chosen side of a target pair (wrote mark soup past token 80 unless FiLM faded from token 64); 6:
+# recipe 5's off-policy steps, then one round of the base model's styled samples up to 192 tokens (the app's length)
+RECIPE = 6
+MIXED_SINCE = 6  # recipe 6's round trains DPO-mixed too, on the same pairs
+OFFPOLICY_RECIPE = 5  # the off-policy steps are recipe 5's: a run without rounds saves this number
 
 
 def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: Path, conditioned: bool = True,
-                **extra) -> Path:
+                recipe: int = RECIPE, **extra) -> Path:
     """Checkpoint = LoRA + FiLM + context encoder + a manifest naming the base model and its weights hash.
 
     An unconditioned policy (the DPO-mixed baseline) never used FiLM or the encoder: only its LoRA is saved."""
@@ -35,7 +37,7 @@ def save_policy(policy: ConditionalPolicy, encoder: ContextEncoder, directory: P
     modules = {"lora": lora_state_dict(policy.model)}
     if conditioned:
         modules |= {"film": policy.film, "encoder": encoder}
-    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned, recipe=RECIPE,
+    return checkpoints.save(directory, modules, kind="policy", conditioned=conditioned, recipe=recipe,
                             config={"policy": asdict(policy.cfg), "encoder": asdict(encoder.cfg)}, base_model=base,
                             **extra)
 
@@ -79,9 +81,10 @@ def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> N
     if not is_current_recipe(manifest) and not old_recipe:
         raise checkpoints.CheckpointError(
             f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM, "
-            "chosen targets without emoji runs); recipe 1 writes junk for corner users, recipe 2 barely steers, "
-            "recipe 3 writes emoji soup for warm users. Retrain with `python -m npdemo.train "
-            "policy` (evaluate loads it with --old-recipe)")
+            "chosen targets without emoji runs, then a round of styled samples at the app's length); recipe 1 "
+            "writes junk for corner users, recipe 2 barely steers, recipe 3 writes emoji soup for warm users, "
+            "recipe 5 mark soup past token 80. Retrain with `python -m npdemo.train policy` (evaluate loads it "
+            "with --old-recipe)")
 
 
 def check_film(policy: ConditionalPolicy, directory: Path) -> None:

@@ -1,5 +1,6 @@
-"""On-policy NP-DPO rounds (`--rounds N`, an ablation; not in the shipped recipe, README says why): the policy's
-own answers, ranked by each simulated user's reward, become the DPO pairs of the next steps.
+"""Rounds of NP-DPO after the off-policy steps (`--rounds N`): two answers per simulated user and prompt, ranked by
+the user's reward, become the DPO pairs of the next steps. Recipe 6 ships one round of styled base samples (below);
+rounds of the policy's own answers are an ablation (README says why they are not shipped).
 
 Corpus pairs never show the policy its own failures. Recipe 3's warm user ended 7 of 50 greedy test answers in
 emoji soup that no corpus response holds, and off-policy DPO cannot push down text it never scores. So after the
@@ -12,7 +13,8 @@ answer is the policy's own text, so the RPO term anchors what the policy already
 styled samples (the corpus's sampler: a style demonstration, a temperature and a repetition penalty) up to
 `round_tokens`, filtered as the corpus's are. The corpus stops its responses at 80 tokens, the app writes up to
 192, and the steered answers that fell into mark soup did so past token 80: these pairs show the policy styled
-text, and its end, at the app's length.
+text, and its end, at the app's length. Samples at temperature 0.6 only: the corpus's 0.8 and 1.0 ramble into mark
+and emoji runs past about 100 tokens, and the policy learns whatever the winners hold.
 """
 from __future__ import annotations
 
@@ -43,17 +45,19 @@ from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainabl
 
 @dataclass
 class OnPolicyConfig:
-    rounds: int = 0               # generate-then-train rounds after the off-policy steps (0: the shipped recipe)
-    round_users: int = 48         # simulated train users per round, each with its own z
-    round_prompts: int = 3        # train prompts each user answers, twice (greedy and sampled)
+    # The defaults are recipe 6's one styled round; the ablations before it ran --round_source policy
+    # --round_users 48 --round_tokens 160 --round_temperatures 0.6,0.8,1.0 (README, *Ablation*)
+    rounds: int = 1               # generate-then-train rounds after the off-policy steps (0: recipe 5)
+    round_users: int = 96         # simulated train users per round, each with its own z
+    round_prompts: int = 3        # train prompts each user answers, twice (two answers to rank)
     round_context: int = 10       # labelled pairs behind each user's z: the app's count
-    round_tokens: int = 160       # new tokens per answer
+    round_tokens: int = 192       # new tokens per answer: the app's default length
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
-    round_source: str = "policy"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
+    round_source: str = "styled"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
                                   # of the base model's styled samples in different styles, the corpus's filter)
-    round_temperatures: str = "0.6,0.8,1.0"  # styled samples' temperatures (the corpus's)
+    round_temperatures: str = "0.6"  # styled samples' temperatures (the corpus's 0.8 and 1.0 ramble past ~100 tokens)
     round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
 

@@ -20,7 +20,7 @@ from ..data.quality_scores import QUALITY
 from ..model import checkpoints
 from ..model.context_encoder import EncoderConfig
 from ..model.policy import ConditionalPolicy, LoRAConfig, PolicyConfig
-from ..model.policy_checkpoint import RECIPE, check_base, is_current_recipe, load_weights, reward_pairing, save_policy
+from ..model.policy_checkpoint import OFFPOLICY_RECIPE, RECIPE, check_base, load_weights, reward_pairing, save_policy
 from ..model.logprobs import reference_key
 from ..model.reward import RewardConfig, build_reward_model, load_reward_model
 from . import corpus_build, distributed, dpo, onpolicy
@@ -145,14 +145,14 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 
 @dataclass
 class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
-    """The DPO recipe (off-policy steps, and the on-policy rounds of the ablation) plus the policy's LoRA settings
-    (its latent size comes from the NP-BTL encoder)."""
+    """The DPO recipe (recipe 5's off-policy steps, then recipe 6's styled round; other rounds are ablations) plus
+    the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
     quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)
     film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
     film_squash: str = "soft"  # "soft" clamp s tanh(x / s) (recipe 3) or recipe 2's "scaled" s tanh(x) (ablation)
     out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
-    offpolicy_from: str = ""  # with --rounds: a current-recipe checkpoint of this config's off-policy steps, run only the rounds
+    offpolicy_from: str = ""  # a recipe-5 checkpoint of this config's off-policy steps: run only the rounds
 
     def policy_config(self, latent: int) -> PolicyConfig:
         return PolicyConfig(latent=latent, film_bound=self.film_bound or None, film_squash=self.film_squash,
@@ -160,8 +160,8 @@ class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
 
 
 def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainConfig) -> list[dict]:
-    """Load the off-policy steps' weights from a current-recipe checkpoint trained with cfg's off-policy settings (so the
-    rounds need not wait for them again); returns its training log."""
+    """Load the off-policy steps' weights from a recipe-5 checkpoint (no rounds) trained with cfg's off-policy
+    settings (so the rounds need not wait for them again); returns its training log."""
     manifest = checkpoints.read_manifest(directory, "policy")
     check_base(manifest, pol.lm, directory)
     own = {f.name: getattr(cfg, f.name) for f in fields(DPOConfig) if f.name != "snapshot_every"}
@@ -171,8 +171,9 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
     differ = {k: v for k, v in theirs.items() if v != own[k]}
     if manifest.get("train", {}).get("rounds"):
         differ["rounds"] = manifest["train"]["rounds"]  # it ran rounds already: not the off-policy steps alone
-    if not is_current_recipe(manifest) or manifest.get("conditioned", True) != cfg.conditioned or differ:
-        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-{RECIPE} {'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
+    if manifest.get("recipe") != OFFPOLICY_RECIPE or manifest.get("conditioned", True) != cfg.conditioned or differ:
+        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-{OFFPOLICY_RECIPE} "
+                         f"{'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
                          f" checkpoint of this run's off-policy settings (recipe {manifest.get('recipe')}; it has "
                          f"{differ or 'the same settings'})")
     load_weights(pol, directory, manifest)
@@ -196,8 +197,9 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     start = time.time()
     out = Path(cfg.out) if cfg.out else POLICY_DIR if cfg.conditioned else POLICY_MIXED_DIR
 
-    def save(directory: Path, log: list[dict]) -> Path:
-        return save_policy(pol, np_btl.encoder, directory, conditioned=cfg.conditioned, train=asdict(cfg), log=log,
+    def save(directory: Path, log: list[dict], rounds: bool) -> Path:  # off-policy steps alone are recipe 5's
+        return save_policy(pol, np_btl.encoder, directory, conditioned=cfg.conditioned,
+                           recipe=RECIPE if rounds else OFFPOLICY_RECIPE, train=asdict(cfg), log=log,
                            bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
                            train_seconds=round(time.time() - start, 1))
 
@@ -208,12 +210,12 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
         log = []  # an interrupted run of rounds: its cached state holds the off-policy weights and log
     else:
         log = dpo.train_dpo(pol, np_btl.encoder, bank, cfg, ref_key=ref_key, ranks=ranks,
-                            snapshot=lambda step, log: save(out.with_name(f"{out.name}-step{step}"), log))
+                            snapshot=lambda step, log: save(out.with_name(f"{out.name}-step{step}"), log, False))
     if not ranks.main:
         return []  # the rounds generate text: they run in the main process only
     if cfg.rounds:
         log = onpolicy.train_rounds(pol, np_btl.encoder, bank, cfg, cfg, ref_key, log)
-    path = save(out, log)
+    path = save(out, log, cfg.rounds > 0)
     return [str(path.parent)]
 
 

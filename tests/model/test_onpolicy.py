@@ -107,7 +107,7 @@ def test_rounds_start_only_from_a_current_recipe_checkpoint_of_the_same_offpolic
     import json
     from dataclasses import asdict, replace
 
-    from npdemo.model.policy_checkpoint import save_policy
+    from npdemo.model.policy_checkpoint import OFFPOLICY_RECIPE, save_policy
     from npdemo.train.stages import PolicyTrainConfig, offpolicy_weights
 
     cfg = PolicyTrainConfig(lora_r=4)
@@ -115,12 +115,13 @@ def test_rounds_start_only_from_a_current_recipe_checkpoint_of_the_same_offpolic
     with torch.no_grad():
         trained.film.gamma.weight.normal_()
     save_policy(trained, ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8)), tmp_path / "trained",
-                train=asdict(cfg), log=[{"step": 240}])
+                recipe=OFFPOLICY_RECIPE, train=asdict(replace(cfg, rounds=0)), log=[{"step": 240}])  # --rounds 0
     manifest_path = tmp_path / "trained" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     fresh = ConditionalPolicy(make_tiny_lm(), cfg.policy_config(8))
-    for changed, reason in (({"recipe": 3}, "recipe 3"), ({"train": {**manifest["train"], "rounds": 2}}, "'rounds': 2")):
-        manifest_path.write_text(json.dumps({**manifest, **changed}))  # recipe 3's pairs; rounds already run
+    for changed, reason in (({"recipe": 3}, "recipe 3"), ({"recipe": 6}, "recipe 6"),
+                            ({"train": {**manifest["train"], "rounds": 2}}, "'rounds': 2")):
+        manifest_path.write_text(json.dumps({**manifest, **changed}))  # recipe 3's pairs; a round run; rounds run
         with pytest.raises(SystemExit, match=reason):
             offpolicy_weights(fresh, tmp_path / "trained", cfg)
     manifest_path.write_text(json.dumps(manifest))
@@ -157,9 +158,8 @@ def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypa
 def test_styled_samples_are_shared_by_np_dpo_dpo_mixed_and_other_pair_rules():
     from npdemo.train.stages import PolicyTrainConfig
     path = lambda cfg: onpolicy._samples_path(cfg, 0, "ref", 0)
-    styled = PolicyTrainConfig(rounds=1, round_source="styled")
-    assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", conditioned=False, out="x"))
-    assert path(styled) == path(PolicyTrainConfig(rounds=1, round_source="styled", round_min_gap=0.2,
-                                                  round_chosen_nll=2.65))  # pair rules: the same samples
-    assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_tokens=96))
-    assert path(styled) != path(PolicyTrainConfig(rounds=1, round_source="styled", round_temperatures="0.6"))
+    styled = PolicyTrainConfig()  # recipe 6: one styled round
+    assert path(styled) == path(PolicyTrainConfig(conditioned=False, out="x"))
+    assert path(styled) == path(PolicyTrainConfig(round_min_gap=0.2, round_chosen_nll=2.65))  # pair rules: the same
+    assert path(styled) != path(PolicyTrainConfig(round_tokens=96))
+    assert path(styled) != path(PolicyTrainConfig(round_temperatures="0.6,0.8,1.0"))

@@ -202,8 +202,11 @@ def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(checkpoints.CheckpointError, match="recipe-3 policy"):
         load_policy(tmp_path / "old", make_tiny_lm())
+    save_policy(pol, encoder, tmp_path / "old", recipe=5)  # recipe 5: mark soup past token 80 without its fade
+    with pytest.raises(checkpoints.CheckpointError, match="recipe-5 policy"):
+        load_policy(tmp_path / "old", make_tiny_lm())
     save_policy(pol, encoder, tmp_path / "new")
-    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 5
+    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 6
     with torch.no_grad():
         pol.film.beta.bias[3] = float("nan")
     save_policy(pol, encoder, tmp_path / "nan")
