@@ -73,7 +73,7 @@ def prompt_ids(policy: ConditionalPolicy, prompt: str) -> tuple[list[int], str |
 MAX_STRENGTH = 2.0  # steering strength a scales FiLM's move: gamma = 1 + a (gamma - 1); 1 is as trained
 DEFAULT_STRENGTH = 0.75  # the app's and evaluate's default: recipe 5 at 1.0 ends 28-30 % of its warm answers in mark soup
                          # (README, *Recipe 5 at strength 0.75*)
-DEFAULT_FADE = Fade(start=192)  # FiLM fades out past new token 192, where recipe 6's training responses stop
+DEFAULT_FADE = Fade(start=192)  # FiLM fades out past new token 192, where the styled round's responses stop
                                 # (recipe 5's stopped at 80 and faded from 64: README, *The trained horizon*)
 
 

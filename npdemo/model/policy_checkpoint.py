@@ -20,9 +20,10 @@ from .policy import ConditionalPolicy, PolicyConfig
 # (steered weakly: the squash slowed FiLM's learning s-fold); 3: RPO + FiLM soft-clamped by s tanh(x / s) (greedy
 # warm answers dissolved into emoji soup); 4: the on-policy rounds' candidate (not shipped); 5: recipe 3 with no
 # emoji run on the chosen side of a target pair (wrote mark soup past token 80 unless FiLM faded from token 64); 6:
-# recipe 5's off-policy steps, then one round of the base model's styled samples up to 192 tokens (the app's length)
-RECIPE = 6
-MIXED_SINCE = 6  # recipe 6's round trains DPO-mixed too, on the same pairs
+# recipe 5's off-policy steps, then one round of the base model's styled samples up to 192 tokens (the app's length;
+# its cut samples taught answers that do not end); 7: recipe 6 with each cut sample ending after its last sentence
+RECIPE = 7
+MIXED_SINCE = 7  # recipe 7's round trains DPO-mixed too, on the same pairs (as recipe 6's did)
 OFFPOLICY_RECIPE = 5  # the off-policy steps are recipe 5's: a run without rounds saves this number
 
 
@@ -81,10 +82,10 @@ def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> N
     if not is_current_recipe(manifest) and not old_recipe:
         raise checkpoints.CheckpointError(
             f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM, "
-            "chosen targets without emoji runs, then a round of styled samples at the app's length); recipe 1 "
-            "writes junk for corner users, recipe 2 barely steers, recipe 3 writes emoji soup for warm users, "
-            "recipe 5 mark soup past token 80. Retrain with `python -m npdemo.train policy` (evaluate loads it "
-            "with --old-recipe)")
+            "chosen targets without emoji runs, then a round of styled samples at the app's length that end); "
+            "recipe 1 writes junk for corner users, recipe 2 barely steers, recipe 3 writes emoji soup for warm "
+            "users, recipe 5 mark soup past token 80, recipe 6 rarely ends a structured answer. Retrain with "
+            "`python -m npdemo.train policy` (evaluate loads it with --old-recipe)")
 
 
 def check_film(policy: ConditionalPolicy, directory: Path) -> None:

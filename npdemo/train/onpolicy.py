@@ -1,5 +1,5 @@
 """Rounds of NP-DPO after the off-policy steps (`--rounds N`): two answers per simulated user and prompt, ranked by
-the user's reward, become the DPO pairs of the next steps. Recipe 6 ships one round of styled base samples (below);
+the user's reward, become the DPO pairs of the next steps. Recipe 7 ships one round of styled base samples (below);
 rounds of the policy's own answers are an ablation (README says why they are not shipped).
 
 Corpus pairs never show the policy its own failures. Recipe 3's warm user ended 7 of 50 greedy test answers in
@@ -14,7 +14,9 @@ styled samples (the corpus's sampler: a style demonstration, a temperature and a
 `round_tokens`, filtered as the corpus's are. The corpus stops its responses at 80 tokens, the app writes up to
 192, and the steered answers that fell into mark soup did so past token 80: these pairs show the policy styled
 text, and its end, at the app's length. Samples at temperature 0.6 only: the corpus's 0.8 and 1.0 ramble into mark
-and emoji runs past about 100 tokens, and the policy learns whatever the winners hold.
+and emoji runs past about 100 tokens, and the policy learns whatever the winners hold. A sample cut after its last
+sentence ends there, as the corpus's cut responses do (recipe 7): recipe 6 left 110 of its 150 winners without an
+end, and its structured answers rarely ended.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from .dpo import DPOConfig, dpo_update, load_run_state, save_run_state, trainabl
 
 @dataclass
 class OnPolicyConfig:
-    # The defaults are recipe 6's one styled round; the ablations before it ran --round_source policy
+    # The defaults are recipe 7's one styled round; the ablations before it ran --round_source policy
     # --round_users 48 --round_tokens 160 --round_temperatures 0.6,0.8,1.0 (README, *Ablation*)
     rounds: int = 1               # generate-then-train rounds after the off-policy steps (0: recipe 5)
     round_users: int = 96         # simulated train users per round, each with its own z
@@ -60,6 +62,8 @@ class OnPolicyConfig:
     round_temperatures: str = "0.6"  # styled samples' temperatures (the corpus's 0.8 and 1.0 ramble past ~100 tokens)
     round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
+    round_cut_ends: bool = True   # a styled sample cut after its last sentence ends there (gets its EOS), as the
+                                  # corpus's responses do in the off-policy steps (recipe 7; recipe 6: False)
 
 
 @dataclass
@@ -117,12 +121,18 @@ def policy_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.T
     return greedy, sampled, np.ones(len(prompts), bool)
 
 
+def sample_ends(record: dict, cut_ends: bool) -> bool:
+    """Does a styled sample end (get its EOS)? If it stopped on its own; and with cut_ends, if it was cut after its
+    last sentence, as the corpus's cut responses end in the off-policy steps. One cut mid-sentence never does."""
+    return record["finished"] or (cut_ends and complete_text(record) is not None)
+
+
 def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng: np.random.Generator,
                    path: Path) -> tuple[Answers, Answers, np.ndarray]:
     """Two base-model samples per prompt in two different styles, sampled and filtered as the corpus's are, but up
     to round_tokens (short styles: 40, as there) and at round_temperatures: one that hit the limit is cut after
-    its last sentence, and a pair is usable if neither side is degenerate (cut off, repetitive, ...). Samples are
-    appended to `path`, so an interrupted round resumes."""
+    its last sentence (and ends there if cfg.round_cut_ends), and a pair is usable if neither side is degenerate
+    (cut off, repetitive, ...). Samples are appended to `path`, so an interrupted round resumes."""
     corpus, styles = CorpusConfig(), sorted(load_style_demos())
     temps = [float(t) for t in cfg.round_temperatures.split(",")]
     jobs = []
@@ -134,8 +144,8 @@ def styled_answers(lm: LoadedModel, prompts: list[str], cfg: OnPolicyConfig, rng
     done = {r["key"]: r for r in read_jsonl(path)}
     a, b = ([done[f"{i}:{side}"] for i in range(len(prompts))] for side in "ab")
     usable = np.array([not (degenerate(x) or degenerate(y)) for x, y in zip(a, b)])
-    return (*(Answers([complete_text(r) or r["response"] for r in side], [r["finished"] for r in side])
-              for side in (a, b)), usable)
+    return (*(Answers([complete_text(r) or r["response"] for r in side],
+                      [sample_ends(r, cfg.round_cut_ends) for r in side]) for side in (a, b)), usable)
 
 
 def winner_fit_to_learn(a: ScoredAnswers, b: ScoredAnswers, a_won: np.ndarray, chosen_emoji_run: int,

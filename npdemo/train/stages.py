@@ -145,7 +145,7 @@ def train_reward(cfg: RewardTrainConfig) -> list[str]:
 
 @dataclass
 class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
-    """The DPO recipe (recipe 5's off-policy steps, then recipe 6's styled round; other rounds are ablations) plus
+    """The DPO recipe (recipe 5's off-policy steps, then recipe 7's styled round; other rounds are ablations) plus
     the policy's LoRA settings (its latent size comes from the NP-BTL encoder)."""
     model: str = ""          # base model (default: the default id); must be the one the pair bank was built from
     quant: str = "fp32"      # training precision of the frozen base (NF4 trains too, slower on CPUs; int4 cannot)

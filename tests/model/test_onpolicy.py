@@ -85,25 +85,35 @@ def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monke
     assert len(list(tmp_path.glob("dpo/styled-*.jsonl"))) == (source == "styled")  # kept for DPO-mixed's run
 
 
-def test_styled_answers_pair_two_styles_filtered_as_the_corpus_is(tmp_path):
+@pytest.mark.parametrize("cut_ends", [True, False])
+def test_styled_answers_pair_two_styles_filtered_as_the_corpus_is(tmp_path, cut_ends):
     torch.manual_seed(0)
     lm = make_tiny_lm()
-    cfg = onpolicy.OnPolicyConfig(round_tokens=5, round_temperatures="0.7")
+    cfg = onpolicy.OnPolicyConfig(round_tokens=5, round_temperatures="0.7", round_cut_ends=cut_ends)
     prompts = ["How do I start running?", "What is a good breakfast?", "How do plants grow?"]
     path = tmp_path / "styled.jsonl"
     a, b, usable = onpolicy.styled_answers(lm, prompts, cfg, np.random.default_rng(0), path)
     records = {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
     assert len(records) == 6 and len(a.texts) == len(b.texts) == 3
+    assert not all(r["finished"] for r in records.values())  # some hit the limit: what round_cut_ends is about
     for i in range(3):
         x, y = records[f"{i}:a"], records[f"{i}:b"]
         assert x["style"] != y["style"] and x["prompt"] == y["prompt"] == prompts[i]
         assert x["temperature"] == y["temperature"] == 0.7
         assert x["max_new_tokens"] == (40 if x["style"] in SHORT_STYLES else 5)
         assert usable[i] == (not degenerate(x) and not degenerate(y))
-        assert (a.texts[i], a.ended[i]) == (complete_text(x) or x["response"], x["finished"])
+        assert (a.texts[i], a.ended[i]) == (complete_text(x) or x["response"], onpolicy.sample_ends(x, cut_ends))
 
 
-def test_rounds_start_only_from_a_current_recipe_checkpoint_of_the_same_offpolicy_settings(tmp_path):
+def test_a_styled_sample_ends_if_it_stopped_or_was_cut_after_a_sentence():
+    stopped = {"response": "Drink water. Sleep", "finished": True}
+    cut = {"response": "Drink plenty of water every day. Sleep well at night. Then walk", "finished": False}  # kept
+    mid = {"response": "Drink water and then walk for an hour or so every", "finished": False}  # cut off
+    assert [onpolicy.sample_ends(r, True) for r in (stopped, cut, mid)] == [True, True, False]
+    assert [onpolicy.sample_ends(r, False) for r in (stopped, cut, mid)] == [True, False, False]
+
+
+def test_rounds_start_only_from_a_recipe_5_checkpoint_of_the_same_offpolicy_settings(tmp_path):
     import json
     from dataclasses import asdict, replace
 
@@ -158,8 +168,8 @@ def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypa
 def test_styled_samples_are_shared_by_np_dpo_dpo_mixed_and_other_pair_rules():
     from npdemo.train.stages import PolicyTrainConfig
     path = lambda cfg: onpolicy._samples_path(cfg, 0, "ref", 0)
-    styled = PolicyTrainConfig()  # recipe 6: one styled round
+    styled = PolicyTrainConfig()  # recipe 7: one styled round
     assert path(styled) == path(PolicyTrainConfig(conditioned=False, out="x"))
-    assert path(styled) == path(PolicyTrainConfig(round_min_gap=0.2, round_chosen_nll=2.65))  # pair rules: the same
+    assert path(styled) == path(PolicyTrainConfig(round_min_gap=0.2, round_chosen_nll=2.65, round_cut_ends=False))
     assert path(styled) != path(PolicyTrainConfig(round_tokens=96))
     assert path(styled) != path(PolicyTrainConfig(round_temperatures="0.6,0.8,1.0"))

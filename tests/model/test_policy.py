@@ -205,8 +205,11 @@ def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
     save_policy(pol, encoder, tmp_path / "old", recipe=5)  # recipe 5: mark soup past token 80 without its fade
     with pytest.raises(checkpoints.CheckpointError, match="recipe-5 policy"):
         load_policy(tmp_path / "old", make_tiny_lm())
+    save_policy(pol, encoder, tmp_path / "old", recipe=6)  # recipe 6: its long answers rarely end
+    with pytest.raises(checkpoints.CheckpointError, match="recipe-6 policy"):
+        load_policy(tmp_path / "old", make_tiny_lm())
     save_policy(pol, encoder, tmp_path / "new")
-    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # recipe 6
+    assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # the current recipe
     with torch.no_grad():
         pol.film.beta.bias[3] = float("nan")
     save_policy(pol, encoder, tmp_path / "nan")
