@@ -51,7 +51,7 @@ class Fade:
     move shrinks linearly to `floor` times itself over `length` tokens, and the LoRA-adapted base model continues
     the steered start. Recipe 5 trained on the corpus's responses (up to 80 tokens) and its steered answers that
     fell into mark soup started it after token 80 in 67 of 68 cases; faded from token 64, its junk fell from 38
-    answers to 4 in 900 (README, *The trained horizon*). Recipe 6 trains on styled answers up to 192 tokens."""
+    answers to 4 in 900 (README, *The trained horizon*). Recipes 6 and 7 train on styled answers up to 192 tokens."""
     start: int = 64
     length: int = 32
     floor: float = 0.0
