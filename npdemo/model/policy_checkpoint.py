@@ -70,15 +70,22 @@ def paired_reward_dir(directory: Path, reward_dir: Path | None = None) -> Path:
 
 
 def is_current_recipe(manifest: dict) -> bool:
-    """Does this code serve the checkpoint's recipe? (DPO-mixed has no FiLM: any recipe since MIXED_SINCE.)"""
+    """Does this code serve the checkpoint's recipe, not an ablation of it? (DPO-mixed has no FiLM: any recipe
+    since MIXED_SINCE.)"""
     recipe = manifest.get("recipe", 1)
-    return recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
+    return not manifest.get("ablation") and (
+        recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE))
 
 
 def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> None:
     """Refuse a checkpoint of an older recipe (recipe 1 streams junk to corner users) unless `old_recipe` is asked
     for explicitly (evaluation's before/after rows)."""
     recipe = manifest.get("recipe", 1)
+    if manifest.get("ablation") and not old_recipe:
+        raise checkpoints.CheckpointError(
+            f"{directory} is an ablation of recipe {recipe}, not the recipe itself: its training settings "
+            f"{manifest['ablation']} differ from the recipe's. Retrain with `python -m npdemo.train policy` "
+            "(evaluate loads it with --old-recipe)")
     if not is_current_recipe(manifest) and not old_recipe:
         raise checkpoints.CheckpointError(
             f"{directory} is a recipe-{recipe} policy (this code serves recipe {RECIPE}: RPO + soft-clamped FiLM, "

@@ -180,6 +180,19 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
     return manifest.get("log", [])
 
 
+RUN_SETTINGS = {"seed", "snapshot_every", "conditioned"}  # a rerun's or the DPO-mixed stage's, not the recipe's
+
+
+def ablated(cfg: PolicyTrainConfig) -> dict:
+    """The recipe settings (DPO and round settings) in which this run differs from the shipped recipe's: the
+    defaults. Non-empty: the run is an ablation, and its checkpoint says so (the app refuses it)."""
+    default = PolicyTrainConfig()
+    names = [f.name for f in (*fields(DPOConfig), *fields(OnPolicyConfig)) if f.name not in RUN_SETTINGS]
+    if not cfg.rounds:  # off-policy steps alone are recipe 5's, whatever rounds the defaults name
+        names = [n for n in names if n not in {f.name for f in fields(OnPolicyConfig)}]
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) != getattr(default, n)}
+
+
 def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     """NP-DPO: LoRA + FiLM trained with DPO on simulated users, z from the frozen NP-BTL context encoder.
 
@@ -199,7 +212,8 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
 
     def save(directory: Path, log: list[dict], rounds: bool) -> Path:  # off-policy steps alone are recipe 5's
         return save_policy(pol, np_btl.encoder, directory, conditioned=cfg.conditioned,
-                           recipe=RECIPE if rounds else OFFPOLICY_RECIPE, train=asdict(cfg), log=log,
+                           recipe=RECIPE if rounds else OFFPOLICY_RECIPE, ablation=ablated(cfg), train=asdict(cfg),
+                           log=log,
                            bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
                            train_seconds=round(time.time() - start, 1))
 

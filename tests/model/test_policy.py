@@ -208,7 +208,11 @@ def test_old_recipe_and_broken_film_checkpoints_are_refused(tmp_path):
     save_policy(pol, encoder, tmp_path / "old", recipe=6)  # recipe 6: its long answers rarely end
     with pytest.raises(checkpoints.CheckpointError, match="recipe-6 policy"):
         load_policy(tmp_path / "old", make_tiny_lm())
-    save_policy(pol, encoder, tmp_path / "new")
+    save_policy(pol, encoder, tmp_path / "old", ablation={"rounds": 2})  # an ablation run of the current recipe
+    with pytest.raises(checkpoints.CheckpointError, match=r"ablation of recipe \d+.*'rounds': 2"):
+        load_policy(tmp_path / "old", make_tiny_lm())
+    load_policy(tmp_path / "old", make_tiny_lm(), old_recipe=True)
+    save_policy(pol, encoder, tmp_path / "new", ablation={})
     assert load_policy(tmp_path / "new", make_tiny_lm())[0].film.squash == "soft"  # the current recipe
     with torch.no_grad():
         pol.film.beta.bias[3] = float("nan")

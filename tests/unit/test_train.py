@@ -28,3 +28,11 @@ def test_bad_arguments_are_clear():
         train.main(["synthetic", "--stepz=3"])
     with pytest.raises(SystemExit, match="--steps needs a int"):
         train.main(["synthetic", "--steps=many"])
+
+
+def test_a_policy_run_off_the_recipe_is_labelled_an_ablation():
+    assert train.ablated(train.PolicyTrainConfig()) == {}  # the shipped recipe
+    assert train.ablated(train.PolicyTrainConfig(conditioned=False, seed=3, out="x")) == {}  # DPO-mixed, a rerun
+    assert train.ablated(train.PolicyTrainConfig(rounds=1, round_source="policy", beta=0.2)) == {
+        "beta": 0.2, "round_source": "policy"}
+    assert train.ablated(train.PolicyTrainConfig(rounds=0, round_users=3)) == {}  # recipe 5's steps: no rounds
