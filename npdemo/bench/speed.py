@@ -1,10 +1,10 @@
 """The speed benchmark (`python -m npdemo.bench speed`).
 
-In one process and one run, per precision (int4, NF4, bf16): load time, plain Hugging Face `generate` tokens/s
-(no LoRA, no hooks) on the freshly loaded model, then npdemo's: time to first streamed text, decode tokens/s
-unsteered vs FiLM-steered (LoRA on, every decoder layer modulated), the prefill of 4 prompts, 4 visitors at once
-each asking for a steered and a base answer (one after another under the policy lock vs merged by the app's
-batcher), and resident memory; plus the latency of encoding 10 labelled pairs into z, the CPU's flags, and
+In one process and one run, per precision (int4, NF4, bf16): load time; decode tokens/s of plain Hugging Face
+`generate` (no LoRA, no hooks, on a second copy of the model) and npdemo's unsteered and FiLM-steered (LoRA on,
+every decoder layer modulated), the three interleaved run by run; time to first streamed text, the prefill of 4
+prompts, 4 visitors at once each asking for a steered and a base answer (one after another under the policy lock
+vs merged by the app's batcher), and resident memory (one model and its policy, as the app holds); plus the latency of encoding 10 labelled pairs into z, the CPU's flags, and
 llama.cpp on the same GGUF as the reference row (llama_cpp.py; skipped, with the reason, where it is absent).
 Ratios come from the same run. FiLM and LoRA weights are random non-zero: their cost does not depend on training.
 Each precision's model lives on a model thread, as in the app (`npdemo.serve.model_thread`), timed from this
@@ -134,22 +134,28 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     start = time.perf_counter()
     lm = worker.call(base_model.load, model, quant=quant)
     load_s = time.perf_counter() - start
-    worker.call(time_generate, lm.model, lm, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
-    plain = statistics.median(worker.call(time_generate, lm.model, lm, new_tokens) for _ in range(repeats))
     policy = worker.call(ConditionalPolicy, lm, PolicyConfig(latent=latent))
     worker.call(randomise, policy)
+    footprint = memory_mb()  # the app's: one model and its policy, before the plain copy below
+    plain_lm = worker.call(base_model.load, model, quant=quant)  # plain HF: a second, never-wrapped copy
     streamer = Streamer(policy, worker)
     z = torch.randn(1, latent)
-    out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size,
-           "tok_s_plain_hf": plain}
-    worker.call(time_decode, streamer, z, 4)
+    out = {"quant": lm.quant, "device": lm.device, "load_s": load_s, "hidden_size": lm.model.config.hidden_size}
     for name, zz in (("unsteered", None), ("steered", z)):
         out[f"ttft_s_{name}"] = statistics.median(time_first_text(streamer, zz) for _ in range(repeats))
-        out[f"tok_s_{name}"] = statistics.median(worker.call(time_decode, streamer, zz, new_tokens)
-                                                 for _ in range(repeats))
+    runs = {"plain_hf": lambda n: time_generate(plain_lm.model, plain_lm, n),
+            "unsteered": lambda n: time_decode(streamer, None, n), "steered": lambda n: time_decode(streamer, z, n)}
+    for run in runs.values():
+        worker.call(run, 4)  # warm-up: first calls are slow (page cache, kernel repacking)
+    timed = {name: [] for name in runs}
+    for _ in range(repeats):  # interleaved, so plain HF and npdemo meet the same moments of a noisy machine
+        for name, run in runs.items():
+            timed[name].append(worker.call(run, new_tokens))
+    out |= {f"tok_s_{name}": statistics.median(t) for name, t in timed.items()}
+    del plain_lm
     out["tok_s_streamed"] = statistics.median(time_stream(streamer, z, new_tokens) for _ in range(repeats))
     out["film_overhead"] = out["tok_s_unsteered"] / out["tok_s_steered"] - 1
-    out["overhead_vs_plain_hf"] = plain / out["tok_s_steered"] - 1
+    out["overhead_vs_plain_hf"] = out["tok_s_plain_hf"] / out["tok_s_steered"] - 1
     out["prefill_4_s"] = statistics.median(worker.call(time_prefill, policy, 4, z) for _ in range(repeats))
     sampling = Sampling(max_new_tokens=new_tokens, greedy=True)
     batcher = Batcher(streamer)  # as in the app: concurrent requests merged into one batched generate
@@ -161,7 +167,7 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     out["concurrent_4_serial"] = time_concurrent(serial, 4, 2 * new_tokens)
     out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT, PROMPT], [z, None], sampling), 4,
                                                   2 * new_tokens)
-    out.update(memory_mb())  # the peak covers this process so far
+    out.update(footprint)  # the peak covers this process so far
     worker.call(policy.hooks.remove)
     worker.close()  # a second live thread team would slow the next precision's model thread
     return out
