@@ -70,11 +70,9 @@ def paired_reward_dir(directory: Path, reward_dir: Path | None = None) -> Path:
 
 
 def is_current_recipe(manifest: dict) -> bool:
-    """Does this code serve the checkpoint's recipe, not an ablation of it? (DPO-mixed has no FiLM: any recipe
-    since MIXED_SINCE.)"""
+    """Does this code serve the checkpoint's recipe? (DPO-mixed has no FiLM: any recipe since MIXED_SINCE.)"""
     recipe = manifest.get("recipe", 1)
-    return not manifest.get("ablation") and (
-        recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE))
+    return recipe == RECIPE or (not manifest.get("conditioned", True) and MIXED_SINCE <= recipe <= RECIPE)
 
 
 def check_recipe(manifest: dict, directory: Path, old_recipe: bool = False) -> None:

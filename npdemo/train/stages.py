@@ -213,8 +213,7 @@ def train_policy(cfg: PolicyTrainConfig) -> list[str]:
     def save(directory: Path, log: list[dict], rounds: bool) -> Path:  # off-policy steps alone are recipe 5's
         return save_policy(pol, np_btl.encoder, directory, conditioned=cfg.conditioned,
                            recipe=RECIPE if rounds else OFFPOLICY_RECIPE, ablation=ablated(cfg), train=asdict(cfg),
-                           log=log,
-                           bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
+                           log=log, bank=bank.meta, reward=reward_pairing(REWARD_DIR / "np_btl"),
                            train_seconds=round(time.time() - start, 1))
 
     ref_key = reference_key(lm, bank, cfg.max_tokens)
