@@ -60,7 +60,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y = self.base_layer.forward(x)  # not base_layer(x): a frozen projection has no hooks to run
         if not self.switch.on:
             return y
         a = self.lora_A.weight

@@ -44,9 +44,9 @@ def run_together(batcher: Batcher, requests: list[tuple[list[str], list]], consu
     with batcher.streamer.lock:  # a generation is "running": the worker holds requests[0] and the rest must wait
         threads[0].start()
         wait_until(lambda: len(batcher.batch_sizes) > served)
-        for t in threads[1:]:
+        for queued, t in enumerate(threads[1:], start=1):  # one at a time: they queue in the order given
             t.start()
-        wait_until(lambda: len(batcher.pending) == len(requests) - 1)
+            wait_until(lambda: len(batcher.pending) == queued)
     for t in threads:
         t.join(timeout=120)
     return results
