@@ -1,7 +1,7 @@
 """The speed benchmark (`python -m npdemo.bench speed`).
 
 In one process and one run, per precision (int4, NF4, bf16): load time; decode tokens/s of plain Hugging Face
-`generate` (no LoRA, no hooks, on a second copy of the model) and npdemo's unsteered and FiLM-steered (LoRA on,
+`generate` (no LoRA, no FiLM, on a second copy of the model) and npdemo's unsteered and FiLM-steered (LoRA on,
 every decoder layer modulated), the three interleaved run by run; time to first streamed text, the prefill of 4
 prompts, 4 visitors at once each asking for a steered and a base answer (one after another under the policy lock
 vs merged by the app's batcher), and resident memory (one model and its policy, as the app holds); plus the
@@ -168,7 +168,7 @@ def bench_precision(model: str | None, quant: str, new_tokens: int, repeats: int
     out["concurrent_4_batched"] = time_concurrent(lambda: batcher.stream([PROMPT, PROMPT], [z, None], sampling), 4,
                                                   2 * new_tokens)
     out.update(footprint)  # the peak covers this process so far
-    worker.call(policy.hooks.remove)
+    worker.call(policy.film_layers.remove)
     worker.close()  # a second live thread team would slow the next precision's model thread
     return out
 

@@ -65,7 +65,7 @@ class Fade:
         return max(self.floor, 1.0 - (written - self.start + 1) / max(self.length, 1))
 
 
-class FiLMHooks:
+class FiLMLayers:
     """Decoder layers whose `forward` applies the current (gamma, beta) to their output; inactive when unset.
 
     `applied` cuts (gamma, beta) into per-layer (B, 1, D) slices in the activations' dtype once, so a decoding step

@@ -2,7 +2,7 @@
 
 LoRA adapters (`lora.py`) are shared by all users; per-user behaviour enters only through FiLM(z) on every decoder
 layer. The DPO reference is the same network with LoRA and FiLM switched off (`reference()`), never a deep copy
-(a copy would keep the live hooks: official-code bug). Rows of one batch may differ: row i is steered by its own
+(a copy would keep the live FiLM layers: official-code bug). Rows of one batch may differ: row i is steered by its own
 z, and a row without z is the base model (no FiLM, and the LoRA switch is off for that row).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..data.base_model import LoadedModel
-from .film import Fade, FiLM, FiLMHooks
+from .film import Fade, FiLM, FiLMLayers
 from .lora import LoRAConfig, add_lora
 
 
@@ -43,7 +43,7 @@ class ConditionalPolicy:
         config = lm.model.config
         self.film = FiLM(cfg.latent, config.hidden_size, config.num_hidden_layers, cfg.film_bound,
                          cfg.film_squash).to(lm.device)
-        self.hooks = FiLMHooks(self.model)
+        self.film_layers = FiLMLayers(self.model)
         self.model.eval()
 
     def check_latent(self, z: torch.Tensor | None) -> None:
@@ -55,7 +55,7 @@ class ConditionalPolicy:
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-row FiLM (gamma, beta) (B, n_layers, D) for rows zs (a (B, Z) tensor or a list with None rows).
 
-        (None, None) when no row is steered: the hooks stay idle. A None row gets gamma = 1, beta = 0. Row i's
+        (None, None) when no row is steered: the FiLM layers stay idle. A None row gets gamma = 1, beta = 0. Row i's
         steering strength a (default 1) scales its modulation: gamma = 1 + a (gamma - 1), beta = a beta."""
         steered = [i for i, z in enumerate(zs) if z is not None]
         if not steered:
@@ -88,7 +88,7 @@ class ConditionalPolicy:
         zs None: FiLM off, LoRA as switched outside."""
         if isinstance(zs, torch.Tensor) and (zs.dim() != 2 or zs.shape[1] != self.cfg.latent):
             raise ValueError(f"z must have shape (B, {self.cfg.latent}), got {tuple(zs.shape)}")
-        with self.hooks.applied(*self.modulation([] if zs is None else zs, strengths), fade):
+        with self.film_layers.applied(*self.modulation([] if zs is None else zs, strengths), fade):
             if zs is None:
                 yield
             else:
@@ -98,5 +98,5 @@ class ConditionalPolicy:
     @contextmanager
     def reference(self):
         """The DPO reference: LoRA and FiLM off (the base model), restored on exit."""
-        with self.lora.set(False), self.hooks.applied(None, None):
+        with self.lora.set(False), self.film_layers.applied(None, None):
             yield

@@ -23,7 +23,7 @@ def test_identity_at_init_and_reference_is_the_base(policy):
     with torch.no_grad(), policy.conditioned(z), policy.reference():
         torch.testing.assert_close(policy.model(policy.ids).logits, policy.base_logits)
     assert not torch.allclose(logits(policy, z), policy.base_logits)  # state restored after the reference
-    assert policy.hooks.gamma is None  # nothing left applied outside a block
+    assert policy.film_layers.gamma is None  # nothing left applied outside a block
 
 
 def test_each_row_gets_its_own_latent(policy):
@@ -281,7 +281,7 @@ def test_steering_fades_past_the_trained_horizon(policy):
     z, prompts = torch.randn(2, 8) * 3, ["How do I boil an egg?", "Tips for a rainy day?"]
     long = Sampling(max_new_tokens=12, greedy=True)
     shares = []
-    handle = policy.hooks.layers[1].register_forward_pre_hook(lambda m, a: shares.append(policy.hooks.factor))
+    handle = policy.film_layers.layers[1].register_forward_pre_hook(lambda m, a: shares.append(policy.film_layers.factor))
     fade = Fade(start=4, length=4, floor=0.0)
     try:
         faded = answer(policy, prompts, z, long, fade=fade)
@@ -292,5 +292,5 @@ def test_steering_fades_past_the_trained_horizon(policy):
     prefix = answer(policy, prompts, z, Sampling(max_new_tokens=4, greedy=True), fade=None)
     assert all(f.startswith(p) for f, p in zip(faded.texts, prefix.texts))  # the first 4 tokens are unchanged
     assert faded.texts != full.texts  # and the fade does act on the rest
-    assert policy.hooks.fade is None and policy.hooks.gamma is None and policy.hooks.factor == 1.0
+    assert policy.film_layers.fade is None and policy.film_layers.gamma is None and policy.film_layers.factor == 1.0
     assert Fade(start=4, length=4, floor=0.5).factor(20) == 0.5
