@@ -5,7 +5,8 @@ In one process and one run, per precision (int4, NF4, bf16): load time; decode t
 every decoder layer modulated), the three interleaved run by run; time to first streamed text, the prefill of 4
 prompts, 4 visitors at once each asking for a steered and a base answer (one after another under the policy lock
 vs merged by the app's batcher), and resident memory (one model and its policy, as the app holds); plus the
-latency of encoding 10 labelled pairs into z, the CPU's flags, and llama.cpp on the same GGUF as the reference row (llama_cpp.py; skipped, with the reason, where it is absent).
+latency of encoding 10 labelled pairs into z, the CPU's flags, and llama.cpp on the same GGUF as the reference
+row (llama_cpp.py; skipped, with the reason, where it is absent).
 Ratios come from the same run. FiLM and LoRA weights are random non-zero: their cost does not depend on training.
 Each precision's model lives on a model thread, as in the app (`npdemo.serve.model_thread`), timed from this
 single-threaded one; "streamed" is one steered answer as a visitor receives it.

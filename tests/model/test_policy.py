@@ -281,7 +281,8 @@ def test_steering_fades_past_the_trained_horizon(policy):
     z, prompts = torch.randn(2, 8) * 3, ["How do I boil an egg?", "Tips for a rainy day?"]
     long = Sampling(max_new_tokens=12, greedy=True)
     shares = []
-    handle = policy.film_layers.layers[1].register_forward_pre_hook(lambda m, a: shares.append(policy.film_layers.factor))
+    film = policy.film_layers
+    handle = film.layers[1].register_forward_pre_hook(lambda m, a: shares.append(film.factor))
     fade = Fade(start=4, length=4, floor=0.0)
     try:
         faded = answer(policy, prompts, z, long, fade=fade)
@@ -292,5 +293,17 @@ def test_steering_fades_past_the_trained_horizon(policy):
     prefix = answer(policy, prompts, z, Sampling(max_new_tokens=4, greedy=True), fade=None)
     assert all(f.startswith(p) for f, p in zip(faded.texts, prefix.texts))  # the first 4 tokens are unchanged
     assert faded.texts != full.texts  # and the fade does act on the rest
-    assert policy.film_layers.fade is None and policy.film_layers.gamma is None and policy.film_layers.factor == 1.0
+    assert film.fade is None and film.gamma is None and film.factor == 1.0
     assert Fade(start=4, length=4, floor=0.5).factor(20) == 0.5
+
+
+def test_film_layers_give_back_the_forward_they_replaced():
+    """remove() unwinds in order: two policies on one model, the later removed first, leave the plain layers."""
+    lm = make_tiny_lm()
+    layers = lm.model.get_decoder().layers
+    first = ConditionalPolicy(lm, PolicyConfig(latent=8))
+    second = ConditionalPolicy(lm, PolicyConfig(latent=8))
+    second.film_layers.remove()
+    assert all(layer.forward.__name__ == "modulated" for layer in layers)  # the first policy's are back
+    first.film_layers.remove()
+    assert all("forward" not in layer.__dict__ for layer in layers)
