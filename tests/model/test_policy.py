@@ -269,30 +269,6 @@ def test_int4_linear_is_the_grouped_4bit_weight():
     assert (x @ deq.T - x @ linear.weight.T).abs().max() > 0.01  # it really is 4-bit
 
 
-def test_int8_head_is_the_row_scaled_8bit_weight_and_bf16_for_many_rows():
-    """By hand: up to INT8_ROWS rows multiply by the int8 weight (one scale per row, 255 levels); more rows use the
-    bf16 weight it shares with the input embeddings, exactly."""
-    from npdemo.data.int4 import Int8Head, quantize_head
-
-    torch.manual_seed(0)
-    emb = torch.nn.Embedding(96, 64, dtype=torch.bfloat16)
-    head = torch.nn.Linear(64, 96, bias=False, dtype=torch.bfloat16)
-    head.weight = emb.weight  # tied, as in the default model
-    layer = Int8Head(head)
-    w = head.weight.detach().float()
-    step = (w.abs().amax(1, keepdim=True) / 127).bfloat16().float()
-    deq = (w / step).round() * step
-    few, many = torch.randn(Int8Head.INT8_ROWS, 64), torch.randn(Int8Head.INT8_ROWS + 1, 64)
-    torch.testing.assert_close(layer(few).float(), few.bfloat16().float() @ deq.T, atol=0.05, rtol=0.02)
-    assert (deq - w).abs().max() > 0  # it really is 8-bit
-    assert torch.equal(layer(many), torch.nn.functional.linear(many.bfloat16(), head.weight))
-    assert layer.bf16_weight.data_ptr() == emb.weight.data_ptr()  # no second bf16 copy of the vocabulary
-
-    model = make_tiny_lm().model.to(torch.bfloat16)
-    assert quantize_head(model).startswith("head int8") and isinstance(model.get_output_embeddings(), Int8Head)
-    assert "bf16_weight" not in model.state_dict() and "lm_head.int8_weight" in model.state_dict()
-
-
 def logits_of(pol, ids, z):
     with torch.no_grad(), pol.conditioned(z):
         return pol.model(ids).logits
