@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 MIN_REAL_WORDS = 0.6   # share of word characters in English words; below: mostly invented words
 MAX_SYMBOLS = 0.15     # share of visible characters that are symbols or emoji once markdown is stripped
@@ -90,27 +91,47 @@ def _is_emoji(c: str) -> bool:
     return any(lo <= ord(c) <= hi for lo, hi in _EMOJI)
 
 
-def emoji_run(text: str) -> int:
-    """The longest run of emoji in a row (spaces, joiners and skin tones aside)."""
-    best = run = 0
-    for c in text:
+def _emoji_runs(text: str) -> Iterator[tuple[int, int]]:
+    """(start, length so far) of the run of emoji at each emoji (spaces, joiners and skin tones aside)."""
+    start = run = 0
+    for i, c in enumerate(text):
         if c.isspace() or c in _EMOJI_GLUE:
             continue
-        run = run + 1 if _is_emoji(c) else 0
-        best = max(best, run)
-    return best
+        if not _is_emoji(c):
+            run = 0
+            continue
+        start, run = (start, run + 1) if run else (i, 1)
+        yield start, run
+
+
+def _mark_runs(text: str) -> Iterator[tuple[int, int]]:
+    """(start, length so far) of the run of one punctuation mark or symbol at each such character (layout marks
+    and emoji aside)."""
+    start = run = 0
+    prev = ""
+    for i, c in enumerate(text):
+        odd = not (c.isalnum() or c.isspace() or c in _LAYOUT or c in _EMOJI_GLUE or _is_emoji(c))
+        start, run = (start, run + 1) if odd and c == prev else (i, int(odd))
+        prev = c
+        if run:
+            yield start, run
+
+
+def emoji_run(text: str) -> int:
+    """The longest run of emoji in a row (spaces, joiners and skin tones aside)."""
+    return max((n for _, n in _emoji_runs(text)), default=0)
 
 
 def mark_run(text: str) -> int:
     """The longest run of one punctuation mark or symbol in a row (layout marks and emoji aside)."""
-    best = run = 0
-    prev = ""
-    for c in text:
-        odd = not (c.isalnum() or c.isspace() or c in _LAYOUT or c in _EMOJI_GLUE or _is_emoji(c))
-        run = run + 1 if odd and c == prev else int(odd)
-        prev = c
-        best = max(best, run)
-    return best
+    return max((n for _, n in _mark_runs(text)), default=0)
+
+
+def soup_onset(text: str) -> int | None:
+    """Where the text first turns to soup: the start of its first emoji or mark run long enough to make it junk
+    (over MAX_EMOJI_RUN / MAX_MARK_RUN), or None. What comes before it may be a real answer."""
+    starts = [s for s, n in _emoji_runs(text) if n > MAX_EMOJI_RUN] + [s for s, n in _mark_runs(text) if n > MAX_MARK_RUN]
+    return min(starts, default=None)
 
 
 def _repeated_share(words: list[str]) -> float:

@@ -17,6 +17,11 @@ text, and its end, at the app's length. Samples at temperature 0.6 only: the cor
 and emoji runs past about 100 tokens, and the policy learns whatever the winners hold. A sample cut after its last
 sentence ends there, as the corpus's cut responses do (recipe 7): recipe 6 left 110 of its 150 winners without an
 end, and its structured answers rarely ended.
+
+`--round_source ends` (e.g. `styled,ends`: one source per round) asks where to end. The policy samples its own
+answers; each that hit the limit, or turned to soup part way (the junk recipe 7 still writes: rambling into
+",,,,,,,,,,,,,,,,", one token), pairs with itself ended after its last sentence before the soup, and the user's
+reward ranks the two. They share their start, so the pair moves only where that user's answers end.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from .. import config
 from ..data.bank import Bank
 from ..data.base_model import LoadedModel
 from ..data.corpus import read_jsonl
-from ..data.junk import emoji_run
+from ..data.junk import check_text, emoji_run, soup_onset
 from ..data.tokens import chat_ids
 from ..data.users import sample_users
 from ..model.answer_scores import ScoredAnswers, score_answers
@@ -57,8 +62,10 @@ class OnPolicyConfig:
     round_min_gap: float = 0.05   # a pair trains only if the user's reward gap is at least this (BTL: 73 %)
     round_junk_only: bool = False  # pairs only where one answer is junk and the other is not (the clean one wins):
                                    # fixes junk without the reward's other preferences (brevity) riding along
-    round_source: str = "styled"  # whose answers pair up: "policy" (its greedy and sampled answers) or "styled" (two
-                                  # of the base model's styled samples in different styles, the corpus's filter)
+    round_source: str = "styled"  # whose answers pair up, one per round, comma-separated (the last one repeats):
+                                  # "policy" (its greedy and sampled answers), "styled" (two of the base model's
+                                  # styled samples in different styles, the corpus's filter) or "ends" (the policy's
+                                  # sampled answers, each against itself ended after its last sentence before any soup)
     round_temperatures: str = "0.6"  # styled samples' temperatures (the corpus's 0.8 and 1.0 ramble past ~100 tokens)
     round_chosen_nll: float = 0.0  # > 0: a winner must be at least this fluent (mean NLL under the base; the
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
@@ -160,38 +167,90 @@ def winner_fit_to_learn(a: ScoredAnswers, b: ScoredAnswers, a_won: np.ndarray, c
     return fit
 
 
+def round_source(cfg: OnPolicyConfig, r: int) -> str:
+    """Round r's source (0-based): the r-th of cfg.round_source's comma-separated names, the last one repeating."""
+    sources = cfg.round_source.split(",")
+    return sources[min(r, len(sources) - 1)]
+
+
+def ended_early(text: str, ended: bool) -> str | None:
+    """The answer ended after its last sentence before any soup, if that is another answer than the one written:
+    one that hit the token limit, or turned to soup part way (None: it ended cleanly, or has no sentence to end
+    after, or would lose over 40 % of its text, as `complete_text` rules)."""
+    onset = soup_onset(text)
+    if ended and onset is None:
+        return None
+    kept = complete_text({"response": text[:onset], "finished": False})
+    return kept if kept and kept != text.strip() and not check_text(kept).junk else None
+
+
+def ends_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.Tensor, cfg: OnPolicyConfig,
+                 seed: int) -> tuple[Answers, Answers, np.ndarray]:
+    """The policy's sampled answers (the app's sampling, two per prompt; `prompts` and `steer` come back doubled
+    to match), each against itself ended after its last sentence before any soup (`ended_early`): usable where
+    that is another answer. The two share their start, so the user's reward ranks only where to end: write on,
+    end there, or end there rather than ramble into soup; a junk-only round pairing junk with another, clean
+    answer taught "end sooner, write plainer" to every user (README)."""
+    sampling, batch = Sampling(max_new_tokens=cfg.round_tokens), 48
+    torch.manual_seed(seed)
+    texts, ended = [], []
+    for i in tqdm(range(0, len(prompts), batch), desc=f"{len(prompts)} sampled answers"):
+        out = answer(policy, prompts[i:i + batch], steer[i:i + batch], sampling)
+        texts += out.texts
+        ended += out.ended
+    early = [ended_early(t, e) for t, e in zip(texts, ended)]
+    usable = np.array([e is not None for e in early])
+    return Answers(texts, ended), Answers([e or t for e, t in zip(early, texts)], [True] * len(texts)), usable
+
+
+def ranked_pairs(policy: ConditionalPolicy, prompts: list[str], steer: torch.Tensor, w: np.ndarray,
+                 cfg: OnPolicyConfig, source: str, rng: np.random.Generator, seed: int, samples: Path,
+                 chosen_emoji_run: int) -> tuple[np.ndarray, Answers, Answers, dict]:
+    """Two answers to each prompt (the policy's, or styled base samples kept in `samples`), ranked by the user's
+    reward (w: one row per prompt); only winners fit to learn train (`winner_fit_to_learn`). Returns each pair's
+    prompt index, the winners, the losers and what the answers were like."""
+    if source == "styled":
+        with policy.reference():
+            first, second, usable = styled_answers(policy.lm, prompts, cfg, rng, samples)
+    elif source == "ends":
+        first, second, usable = ends_answers(policy, prompts, steer, cfg, seed)
+    else:
+        first, second, usable = policy_answers(policy, prompts, steer, cfg, seed)
+    a, b = score_answers(policy, prompts, first), score_answers(policy, prompts, second)
+    keep, a_won = rank_answers(w, a, b, cfg.round_min_gap, cfg.round_junk_only)
+    keep &= usable
+    keep &= winner_fit_to_learn(a, b, a_won, chosen_emoji_run, cfg.round_chosen_nll)
+    idx = np.flatnonzero(keep)
+    pick = lambda won: Answers([(first if x else second).texts[i] for i, x in zip(idx, won)],
+                               [(first if x else second).ended[i] for i, x in zip(idx, won)])
+    stats = {"answers": len(prompts) * (1 if source == "ends" else 2), "junk_first": int(a.junk.sum()),
+             "junk_second": int(b.junk.sum()), "usable": int(usable.sum()), "first_won": int(a_won[idx].sum())}
+    return idx, pick(a_won[idx]), pick(~a_won[idx]), stats
+
+
 @torch.no_grad()
 def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
                 conditioned: bool, rng: np.random.Generator, seed: int, samples: Path,
-                chosen_emoji_run: int = -1) -> RoundPairs:
-    """Draw users and prompts, get two answers to each (the policy's, or styled base samples kept in `samples`),
-    and rank each user's two answers; only winners fit to learn train (`winner_fit_to_learn`)."""
+                chosen_emoji_run: int = -1, source: str = "styled") -> RoundPairs:
+    """Draw users and prompts, pair answers to them (`ranked_pairs`) and return the pairs as token rows with their
+    reference log-probs and the users' latents. An "ends" round asks each prompt twice (two samples)."""
+    if source not in ("policy", "styled", "ends"):
+        raise ValueError(f"round_source {source!r}: use 'policy', 'styled' or 'ends'")
     U, P = cfg.round_users, cfg.round_prompts
     ep, w, _ = sample_users(bank, "train", U, cfg.round_context, np.full(U, cfg.round_context), rng)
     pool = sorted({r["prompt"] for r in bank.records if r["split"] == "train"})
     prompts = [pool[i] for _ in range(U) for i in rng.choice(len(pool), P, replace=False)]
     user = np.repeat(np.arange(U), P)
+    if source == "ends":
+        prompts, user = prompts * 2, np.tile(user, 2)
     z = encoder.latent(ep.ctx, ep.ctx_mask)[torch.from_numpy(user)]
     steer = z if conditioned else torch.zeros_like(z)  # DPO-mixed: identity FiLM, its LoRA on
     policy.model.eval()
-    if cfg.round_source == "styled":
-        with policy.reference():
-            first, second, usable = styled_answers(policy.lm, prompts, cfg, rng, samples)
-    elif cfg.round_source == "policy":
-        first, second, usable = policy_answers(policy, prompts, steer, cfg, seed)
-    else:
-        raise ValueError(f"round_source {cfg.round_source!r}: use 'policy' or 'styled'")
-    a, b = score_answers(policy, prompts, first), score_answers(policy, prompts, second)
-    keep, a_won = rank_answers(w[user], a, b, cfg.round_min_gap, cfg.round_junk_only)
-    keep &= usable
-    keep &= winner_fit_to_learn(a, b, a_won, chosen_emoji_run, cfg.round_chosen_nll)
-    rows_a, rows_b = answer_rows(policy, prompts, first), answer_rows(policy, prompts, second)
-    idx = np.flatnonzero(keep)
-    chosen = [rows_a[i] if a_won[i] else rows_b[i] for i in idx]
-    rejected = [rows_b[i] if a_won[i] else rows_a[i] for i in idx]
-    stats = {"answers": 2 * len(prompts), "junk_first": int(a.junk.sum()), "junk_second": int(b.junk.sum()),
-             "usable": int(usable.sum()), "pairs": int(len(idx)), "first_won": int(a_won[idx].sum()),
-             "chosen_tokens": float(np.mean([len(r[0]) - r[1] for r in chosen])) if chosen else 0.0}
+    idx, better, worse, stats = ranked_pairs(policy, prompts, steer, w[user], cfg, source, rng, seed, samples,
+                                             chosen_emoji_run)
+    asked = [prompts[i] for i in idx]
+    chosen, rejected = answer_rows(policy, asked, better), answer_rows(policy, asked, worse)
+    stats |= {"pairs": len(idx), "chosen_tokens": float(np.mean([len(r[0]) - r[1] for r in chosen])) if chosen else 0.0}
     return RoundPairs(chosen, rejected, reference_of(policy, chosen), reference_of(policy, rejected),
                       z[torch.from_numpy(idx)], stats)
 
@@ -218,14 +277,15 @@ def has_state(cfg: OnPolicyConfig, dpo_cfg: DPOConfig, ref_key: str) -> bool:
 
 def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, cfg: OnPolicyConfig,
                  dpo_cfg: DPOConfig, ref_key: str, log: list[dict]) -> list[dict]:
-    """Run cfg.rounds on-policy rounds after the off-policy steps whose `log` is given; returns the whole log.
+    """Run cfg.rounds on-policy rounds after the training whose `log` is given (the off-policy steps, and any rounds
+    it already ran: the run goes on after them); returns the whole log.
 
-    The weights, optimiser and log are cached before the first round and after each one, so an interrupted run
-    resumes at its last finished round (off-policy steps included). One process: generation is not sharded."""
+    Each round is a new DPO problem on new pairs, with a fresh optimiser, so a run that starts from a checkpoint of
+    its first rounds trains as one that ran them. The weights and log are cached before the first round and after
+    each one, so an interrupted run resumes at its last finished round. One process: generation is not sharded."""
     params = trainable(policy)
-    opt = torch.optim.AdamW(params, lr=dpo_cfg.lr, weight_decay=0.0)
-    modules = {"film": policy.film, "opt": opt}
-    path, first = _state_path(cfg, dpo_cfg, ref_key), 0
+    modules = {"film": policy.film}
+    path, first = _state_path(cfg, dpo_cfg, ref_key), sum("round" in entry for entry in log)
     if path.is_file():
         state = load_run_state(path, policy, modules)
         log, first = state["log"], state["round"]
@@ -237,9 +297,10 @@ def train_rounds(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank,
         rng = np.random.default_rng([dpo_cfg.seed, r])
         pairs = round_pairs(policy, encoder, bank, cfg, dpo_cfg.conditioned, rng, seed=dpo_cfg.seed + r,
                             samples=_samples_path(cfg, dpo_cfg.seed, ref_key, r),
-                            chosen_emoji_run=dpo_cfg.chosen_emoji_run)
+                            chosen_emoji_run=dpo_cfg.chosen_emoji_run, source=round_source(cfg, r))
         print(f"on-policy round {r + 1}: {pairs.stats}")
         policy.model.train()
+        opt = torch.optim.AdamW(params, lr=dpo_cfg.lr, weight_decay=0.0)
         order = rng.permutation(len(pairs.chosen))
         window = []
         for s in tqdm(range(0, len(order), per_step), desc=f"on-policy round {r + 1}/{cfg.rounds}"):

@@ -152,7 +152,8 @@ class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
     film_bound: float = 0.1   # bounded FiLM: |gamma - 1|, |beta| < film_bound (0: unbounded, recipe v1)
     film_squash: str = "soft"  # "soft" clamp s tanh(x / s) (recipe 3) or recipe 2's "scaled" s tanh(x) (ablation)
     out: str = ""            # where to save (default checkpoints/policy or policy_mixed; ablation runs elsewhere)
-    offpolicy_from: str = ""  # a recipe-5 checkpoint of this config's off-policy steps: run only the rounds
+    offpolicy_from: str = ""  # a checkpoint of this config's off-policy steps (recipe 5), or of them and its first
+                              # rounds: run only the rounds after it
 
     def policy_config(self, latent: int) -> PolicyConfig:
         return PolicyConfig(latent=latent, film_bound=self.film_bound or None, film_squash=self.film_squash,
@@ -160,22 +161,31 @@ class PolicyTrainConfig(LoRAConfig, OnPolicyConfig, DPOConfig):
 
 
 def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainConfig) -> list[dict]:
-    """Load the off-policy steps' weights from a recipe-5 checkpoint (no rounds) trained with cfg's off-policy
-    settings (so the rounds need not wait for them again); returns its training log."""
+    """Load the weights of a checkpoint of this run's earlier training (so the rest need not wait for it again):
+    its off-policy steps alone (a recipe-5 checkpoint), or them and its first rounds (fewer than cfg.rounds, with
+    this run's settings and sources). Returns its training log; the rounds go on after the ones it holds."""
     manifest = checkpoints.read_manifest(directory, "policy")
     check_base(manifest, pol.lm, directory)
-    own = {f.name: getattr(cfg, f.name) for f in fields(DPOConfig) if f.name != "snapshot_every"}
-    own |= {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
-    theirs = {k: manifest["train"].get(k) for k in own if not k.startswith("policy.")}
+    train = manifest.get("train", {})
+    done = train.get("rounds") or 0
+    compared = [f.name for f in fields(DPOConfig) if f.name != "snapshot_every"]
+    if done:  # its rounds must be this run's first ones
+        compared += [f.name for f in fields(OnPolicyConfig) if f.name not in ("rounds", "round_source")]
+    own = {k: getattr(cfg, k) for k in compared} | {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
+    theirs = {k: train.get(k) for k in compared}
     theirs |= {f"policy.{k}": v for k, v in {**asdict(pol.cfg), **manifest["config"]["policy"]}.items()}
     differ = {k: v for k, v in theirs.items() if v != own[k]}
-    if manifest.get("train", {}).get("rounds"):
-        differ["rounds"] = manifest["train"]["rounds"]  # it ran rounds already: not the off-policy steps alone
-    if manifest.get("recipe") != OFFPOLICY_RECIPE or manifest.get("conditioned", True) != cfg.conditioned or differ:
-        raise SystemExit(f"--offpolicy_from {directory}: not a recipe-{OFFPOLICY_RECIPE} "
-                         f"{'NP-DPO' if cfg.conditioned else 'DPO-mixed'}"
-                         f" checkpoint of this run's off-policy settings (recipe {manifest.get('recipe')}; it has "
-                         f"{differ or 'the same settings'})")
+    if done >= cfg.rounds:
+        differ["rounds"] = done  # nothing left for this run to train
+    ran = OnPolicyConfig(rounds=done, round_source=train.get("round_source", ""))
+    if [onpolicy.round_source(ran, r) for r in range(done)] != [onpolicy.round_source(cfg, r) for r in range(done)]:
+        differ["round_source"] = ran.round_source
+    recipe_ok = manifest.get("recipe") == OFFPOLICY_RECIPE if not done else not manifest.get("ablation")
+    if not recipe_ok or manifest.get("conditioned", True) != cfg.conditioned or differ:
+        raise SystemExit(f"--offpolicy_from {directory}: not a {'NP-DPO' if cfg.conditioned else 'DPO-mixed'} "
+                         f"checkpoint of this run's earlier training (recipe-{OFFPOLICY_RECIPE} off-policy steps, "
+                         f"then fewer than {cfg.rounds} of its rounds): recipe {manifest.get('recipe')}"
+                         f"{', an ablation' if manifest.get('ablation') else ''}; it has {differ or 'the same settings'}")
     load_weights(pol, directory, manifest)
     return manifest.get("log", [])
 

@@ -64,7 +64,7 @@ def test_an_answer_row_gets_its_eos_only_if_it_ended():
     assert rows[0][0][:-1] == rows[1][0] and rows[0][0][-1] == eos and rows[0][1] == rows[1][1]
 
 
-@pytest.mark.parametrize("source", ["policy", "styled"])
+@pytest.mark.parametrize("source", ["policy", "styled", "ends"])
 def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monkeypatch, source):
     monkeypatch.setattr(config, "CACHE", tmp_path)
     torch.manual_seed(0)
@@ -77,7 +77,8 @@ def test_a_round_generates_ranks_and_trains_then_leaves_no_state(tmp_path, monke
                                 [{"step": 5}])
     entry = log[-1]
     assert len(log) == 2 and entry["round"] == 1 and entry["answers"] == 12
-    assert 0 <= entry["pairs"] <= entry["usable"] <= 6 and entry["junk_first"] + entry["junk_second"] <= 12
+    usable = 12 if source == "ends" else 6  # "ends": each prompt asked twice, each answer paired with itself ended
+    assert 0 <= entry["pairs"] <= entry["usable"] <= usable and entry["junk_first"] + entry["junk_second"] <= 24
     moved = any(not torch.equal(x, y) for x, y in zip(film_before, policy.film.parameters()))
     assert moved == (entry["pairs"] > 0)
     assert entry["step"] == 5 + -(-entry["pairs"] // 2)
@@ -141,6 +142,26 @@ def test_rounds_start_only_from_a_recipe_5_checkpoint_of_the_same_offpolicy_sett
     assert torch.equal(fresh.film.gamma.weight, trained.film.gamma.weight)
 
 
+def test_rounds_go_on_from_a_checkpoint_of_this_runs_first_rounds(tmp_path):
+    from dataclasses import asdict, replace
+
+    from npdemo.model.policy_checkpoint import RECIPE, save_policy
+    from npdemo.train.stages import PolicyTrainConfig, offpolicy_weights
+
+    shipped = PolicyTrainConfig(lora_r=4)  # one styled round
+    trained = ConditionalPolicy(make_tiny_lm(), shipped.policy_config(8))
+    save_policy(trained, ContextEncoder(EncoderConfig(d=4, hidden=8, latent=8)), tmp_path / "r1", recipe=RECIPE,
+                train=asdict(shipped), log=[{"step": 240}, {"step": 278, "round": 1}])
+    fresh = ConditionalPolicy(make_tiny_lm(), shipped.policy_config(8))
+    more = replace(shipped, rounds=2, round_source="styled,ends")
+    assert offpolicy_weights(fresh, tmp_path / "r1", more) == [{"step": 240}, {"step": 278, "round": 1}]
+    for other, reason in ((replace(more, round_source="ends"), "'round_source': 'styled'"),  # round 1 was styled
+                          (replace(more, round_tokens=160), "'round_tokens': 192"),
+                          (shipped, "'rounds': 1")):  # nothing left to train
+        with pytest.raises(SystemExit, match=reason):
+            offpolicy_weights(fresh, tmp_path / "r1", other)
+
+
 def test_interrupted_rounds_resume_at_the_last_finished_round(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CACHE", tmp_path)
     cfg = onpolicy.OnPolicyConfig(rounds=2, round_users=2, round_prompts=1, round_context=2, round_tokens=4)
@@ -173,3 +194,45 @@ def test_styled_samples_are_shared_by_np_dpo_dpo_mixed_and_other_pair_rules():
     assert path(styled) == path(PolicyTrainConfig(round_min_gap=0.2, round_chosen_nll=2.65, round_cut_ends=False))
     assert path(styled) != path(PolicyTrainConfig(round_tokens=96))
     assert path(styled) != path(PolicyTrainConfig(round_temperatures="0.6,0.8,1.0"))
+
+
+def test_round_sources_are_named_per_round_and_the_last_repeats():
+    cfg = onpolicy.OnPolicyConfig(rounds=3, round_source="styled,ends")
+    assert [onpolicy.round_source(cfg, r) for r in range(3)] == ["styled", "ends", "ends"]
+
+
+def test_an_answer_pairs_with_itself_ended_after_its_last_sentence_before_any_soup():
+    soup = "Bake them low and slow. Let them cool on a rack first. Store them in a tin if you can,,,,,,,,,,,,,,,,u adores"
+    capped = "Bake them low and slow. Let them cool on a rack first. Store them in a tin if"
+    assert onpolicy.ended_early(soup, ended=True) == "Bake them low and slow. Let them cool on a rack first."
+    assert onpolicy.ended_early(capped, ended=False) == "Bake them low and slow. Let them cool on a rack first."
+    assert onpolicy.ended_early("Bake them low and slow. Let them cool.", ended=True) is None  # ended cleanly
+    assert onpolicy.ended_early("Bake them low and slow. Let them cool.", ended=False) is None  # nothing to cut
+    assert onpolicy.ended_early("Really,,,,,,,,,,,,,,,, yes", ended=True) is None  # no sentence before the soup
+    assert onpolicy.ended_early("Bake them. Then let them cool on a rack for an hour or", ended=False) is None  # > 40 %
+
+
+def test_each_capped_or_soup_answer_pairs_with_itself_ended_and_a_clean_end_with_nothing(monkeypatch):
+    texts = ["Bake them low and slow. Let them cool on a rack first. Store them,,,,,,,,,,,,,,,,u adores",
+             "Bake them low and slow. Let them cool on a rack first. Store them in a tin if",
+             "Bake them low and slow. Let them cool."]
+    monkeypatch.setattr(onpolicy, "answer", lambda policy, prompts, steer, sampling: Answers(
+        texts[:len(prompts)], [True, False, True][:len(prompts)]))
+    written, early, usable = onpolicy.ends_answers(None, ["How?"] * 3, torch.zeros(3, 4),
+                                                   onpolicy.OnPolicyConfig(round_tokens=8), seed=0)
+    assert usable.tolist() == [True, True, False] and written.texts == texts
+    assert early.texts[:2] == ["Bake them low and slow. Let them cool on a rack first."] * 2 and all(early.ended)
+
+
+def test_a_run_goes_on_after_the_rounds_its_log_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE", tmp_path)
+    sources = []
+    real = onpolicy.round_pairs
+    monkeypatch.setattr(onpolicy, "round_pairs", lambda *a, **k: sources.append(k["source"]) or real(*a, **k))
+    policy = ConditionalPolicy(make_tiny_lm(), PolicyConfig(latent=8, lora_r=4, lora_dropout=0.0))
+    encoder = ContextEncoder(EncoderConfig(d=8, hidden=16, latent=8)).eval()
+    cfg = onpolicy.OnPolicyConfig(rounds=2, round_users=2, round_prompts=1, round_context=2, round_tokens=4,
+                                  round_source="styled,policy")
+    log = onpolicy.train_rounds(policy, encoder, text_bank(), cfg, DPOConfig(users=2), "test",
+                                [{"step": 5}, {"step": 7, "round": 1}])  # a checkpoint after round 1
+    assert sources == ["policy"] and [e.get("round") for e in log] == [None, 1, 2]

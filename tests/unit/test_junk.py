@@ -116,3 +116,9 @@ def test_fluency_enters_the_verdict_and_q():
         [False, True, True]
     q = quality_scores.quality_score(np.array([1.0, 5.5, np.nan]), np.array([0.8, 0.8, -0.2]))
     np.testing.assert_allclose(q, [0.9, 0.4, 0.25])
+
+
+def test_soup_onset_is_where_the_first_run_that_makes_junk_starts():
+    assert junk.soup_onset("Lovely day!!! " + "🌟" * 8 + " and then " + "," * 16) == 14
+    assert junk.soup_onset("Keep it short" + "," * 16 + "u") == 13
+    assert junk.soup_onset("Fine........ and 🌟🌟 done") is None  # 8 dots and 2 emoji: not soup
