@@ -71,6 +71,8 @@ class OnPolicyConfig:
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
     round_cut_ends: bool = True   # a styled sample cut after its last sentence ends there (gets its EOS), as the
                                   # corpus's responses do in the off-policy steps (recipe 7; recipe 6: False)
+    round_balance: bool = False   # keep as many pairs won by the first answer as by the second (the larger side drawn
+                                  # down at random): an "ends" round's "write on" and "end there" pairs
 
 
 @dataclass
@@ -203,6 +205,16 @@ def ends_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.Ten
     return Answers(texts, ended), Answers([e or t for e, t in zip(early, texts)], [True] * len(texts)), usable
 
 
+def balanced(keep: np.ndarray, a_won: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`keep` with as many kept pairs won by a as by b: the larger side's pairs drawn down at random."""
+    sides = [np.flatnonzero(keep & a_won), np.flatnonzero(keep & ~a_won)]
+    n = min(map(len, sides))
+    out = np.zeros_like(keep)
+    for side in sides:
+        out[rng.choice(side, n, replace=False)] = True
+    return out
+
+
 def ranked_pairs(policy: ConditionalPolicy, prompts: list[str], steer: torch.Tensor, w: np.ndarray,
                  cfg: OnPolicyConfig, source: str, rng: np.random.Generator, seed: int, samples: Path,
                  chosen_emoji_run: int) -> tuple[np.ndarray, Answers, Answers, dict]:
@@ -220,6 +232,8 @@ def ranked_pairs(policy: ConditionalPolicy, prompts: list[str], steer: torch.Ten
     keep, a_won = rank_answers(w, a, b, cfg.round_min_gap, cfg.round_junk_only)
     keep &= usable
     keep &= winner_fit_to_learn(a, b, a_won, chosen_emoji_run, cfg.round_chosen_nll)
+    if cfg.round_balance:
+        keep = balanced(keep, a_won, rng)
     idx = np.flatnonzero(keep)
     pick = lambda won: Answers([(first if x else second).texts[i] for i, x in zip(idx, won)],
                                [(first if x else second).ended[i] for i, x in zip(idx, won)])

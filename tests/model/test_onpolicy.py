@@ -236,3 +236,11 @@ def test_a_run_goes_on_after_the_rounds_its_log_holds(tmp_path, monkeypatch):
     log = onpolicy.train_rounds(policy, encoder, text_bank(), cfg, DPOConfig(users=2), "test",
                                 [{"step": 5}, {"step": 7, "round": 1}])  # a checkpoint after round 1
     assert sources == ["policy"] and [e.get("round") for e in log] == [None, 1, 2]
+
+
+def test_a_balanced_round_keeps_as_many_pairs_won_by_each_side():
+    keep = np.array([True, True, True, True, False, True])
+    a_won = np.array([True, False, False, False, True, True])
+    out = onpolicy.balanced(keep, a_won, np.random.default_rng(0))
+    assert out.sum() == 4 and (out & a_won).sum() == 2 and not (out & ~keep).any()
+    assert out[[0, 5]].all()  # the smaller side (a won twice) is kept whole
