@@ -71,8 +71,8 @@ class OnPolicyConfig:
                                    # corpus's kept responses: 2.65), since RPO raises its likelihood
     round_cut_ends: bool = True   # a styled sample cut after its last sentence ends there (gets its EOS), as the
                                   # corpus's responses do in the off-policy steps (recipe 7; recipe 6: False)
-    round_balance: bool = False   # keep as many pairs won by the first answer as by the second (the larger side drawn
-                                  # down at random): an "ends" round's "write on" and "end there" pairs
+    round_balance: bool = False   # an "ends" round keeps as many "write on" as "end there" pairs (the larger side
+                                  # drawn down at random); other rounds ignore it
 
 
 @dataclass
@@ -169,6 +169,9 @@ def winner_fit_to_learn(a: ScoredAnswers, b: ScoredAnswers, a_won: np.ndarray, c
     return fit
 
 
+ENDS_ONLY = {"round_balance"}  # settings only an "ends" round reads
+
+
 def round_source(cfg: OnPolicyConfig, r: int) -> str:
     """Round r's source (0-based): the r-th of cfg.round_source's comma-separated names, the last one repeating."""
     sources = cfg.round_source.split(",")
@@ -232,7 +235,7 @@ def ranked_pairs(policy: ConditionalPolicy, prompts: list[str], steer: torch.Ten
     keep, a_won = rank_answers(w, a, b, cfg.round_min_gap, cfg.round_junk_only)
     keep &= usable
     keep &= winner_fit_to_learn(a, b, a_won, chosen_emoji_run, cfg.round_chosen_nll)
-    if cfg.round_balance:
+    if cfg.round_balance and source == "ends":
         keep = balanced(keep, a_won, rng)
     idx = np.flatnonzero(keep)
     pick = lambda won: Answers([(first if x else second).texts[i] for i, x in zip(idx, won)],

@@ -169,16 +169,19 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
     train = manifest.get("train", {})
     done = train.get("rounds") or 0
     compared = [f.name for f in fields(DPOConfig) if f.name != "snapshot_every"]
-    if done:  # its rounds must be this run's first ones
-        compared += [f.name for f in fields(OnPolicyConfig) if f.name not in ("rounds", "round_source")]
+    ran = OnPolicyConfig(rounds=done, round_source=train.get("round_source", ""))
+    sources = [onpolicy.round_source(ran, r) for r in range(done)]
+    if done:  # its rounds must be this run's first ones (in the settings they read)
+        compared += [f.name for f in fields(OnPolicyConfig) if f.name not in ("rounds", "round_source")
+                     and ("ends" in sources or f.name not in onpolicy.ENDS_ONLY)]
     own = {k: getattr(cfg, k) for k in compared} | {f"policy.{k}": v for k, v in asdict(pol.cfg).items()}
-    theirs = {k: train.get(k) for k in compared}
+    default = PolicyTrainConfig()  # a setting newer than the checkpoint: it trained as the default does
+    theirs = {k: train.get(k, getattr(default, k)) for k in compared}
     theirs |= {f"policy.{k}": v for k, v in {**asdict(pol.cfg), **manifest["config"]["policy"]}.items()}
     differ = {k: v for k, v in theirs.items() if v != own[k]}
     if done >= cfg.rounds:
         differ["rounds"] = done  # nothing left for this run to train
-    ran = OnPolicyConfig(rounds=done, round_source=train.get("round_source", ""))
-    if [onpolicy.round_source(ran, r) for r in range(done)] != [onpolicy.round_source(cfg, r) for r in range(done)]:
+    if sources != [onpolicy.round_source(cfg, r) for r in range(done)]:
         differ["round_source"] = ran.round_source
     recipe_ok = manifest.get("recipe") == OFFPOLICY_RECIPE if not done else not manifest.get("ablation")
     if not recipe_ok or manifest.get("conditioned", True) != cfg.conditioned or differ:

@@ -155,6 +155,7 @@ def test_rounds_go_on_from_a_checkpoint_of_this_runs_first_rounds(tmp_path):
     fresh = ConditionalPolicy(make_tiny_lm(), shipped.policy_config(8))
     more = replace(shipped, rounds=2, round_source="styled,ends")
     assert offpolicy_weights(fresh, tmp_path / "r1", more) == [{"step": 240}, {"step": 278, "round": 1}]
+    assert offpolicy_weights(fresh, tmp_path / "r1", replace(more, round_balance=True))  # read by ends rounds only
     for other, reason in ((replace(more, round_source="ends"), "'round_source': 'styled'"),  # round 1 was styled
                           (replace(more, round_tokens=160), "'round_tokens': 192"),
                           (shipped, "'rounds': 1")):  # nothing left to train
