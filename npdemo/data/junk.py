@@ -130,7 +130,8 @@ def mark_run(text: str) -> int:
 def soup_onset(text: str) -> int | None:
     """Where the text first turns to soup: the start of its first emoji or mark run long enough to make it junk
     (over MAX_EMOJI_RUN / MAX_MARK_RUN), or None. What comes before it may be a real answer."""
-    starts = [s for s, n in _emoji_runs(text) if n > MAX_EMOJI_RUN] + [s for s, n in _mark_runs(text) if n > MAX_MARK_RUN]
+    starts = [s for s, n in _emoji_runs(text) if n > MAX_EMOJI_RUN]
+    starts += [s for s, n in _mark_runs(text) if n > MAX_MARK_RUN]
     return min(starts, default=None)
 
 

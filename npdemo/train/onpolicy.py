@@ -267,7 +267,8 @@ def round_pairs(policy: ConditionalPolicy, encoder: ContextEncoder, bank: Bank, 
                                              chosen_emoji_run)
     asked = [prompts[i] for i in idx]
     chosen, rejected = answer_rows(policy, asked, better), answer_rows(policy, asked, worse)
-    stats |= {"pairs": len(idx), "chosen_tokens": float(np.mean([len(r[0]) - r[1] for r in chosen])) if chosen else 0.0}
+    tokens = [len(ids) - start for ids, start in chosen]
+    stats |= {"pairs": len(idx), "chosen_tokens": float(np.mean(tokens)) if tokens else 0.0}
     return RoundPairs(chosen, rejected, reference_of(policy, chosen), reference_of(policy, rejected),
                       z[torch.from_numpy(idx)], stats)
 

@@ -188,7 +188,8 @@ def offpolicy_weights(pol: ConditionalPolicy, directory: Path, cfg: PolicyTrainC
         raise SystemExit(f"--offpolicy_from {directory}: not a {'NP-DPO' if cfg.conditioned else 'DPO-mixed'} "
                          f"checkpoint of this run's earlier training (recipe-{OFFPOLICY_RECIPE} off-policy steps, "
                          f"then fewer than {cfg.rounds} of its rounds): recipe {manifest.get('recipe')}"
-                         f"{', an ablation' if manifest.get('ablation') else ''}; it has {differ or 'the same settings'}")
+                         f"{', an ablation' if manifest.get('ablation') else ''}; "
+                         f"it has {differ or 'the same settings'}")
     load_weights(pol, directory, manifest)
     return manifest.get("log", [])
 
