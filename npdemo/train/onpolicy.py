@@ -191,9 +191,9 @@ def ended_early(text: str, ended: bool) -> str | None:
 
 def ends_answers(policy: ConditionalPolicy, prompts: list[str], steer: torch.Tensor, cfg: OnPolicyConfig,
                  seed: int) -> tuple[Answers, Answers, np.ndarray]:
-    """The policy's sampled answers (the app's sampling, two per prompt; `prompts` and `steer` come back doubled
-    to match), each against itself ended after its last sentence before any soup (`ended_early`): usable where
-    that is another answer. The two share their start, so the user's reward ranks only where to end: write on,
+    """The policy's sampled answer to each prompt (the app's sampling; `round_pairs` asks each prompt twice), each
+    against itself ended after its last sentence before any soup (`ended_early`): usable where that is another
+    answer. The two share their start, so the user's reward ranks only where to end: write on,
     end there, or end there rather than ramble into soup; a junk-only round pairing junk with another, clean
     answer taught "end sooner, write plainer" to every user (README)."""
     sampling, batch = Sampling(max_new_tokens=cfg.round_tokens), 48
